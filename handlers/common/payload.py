@@ -1,0 +1,221 @@
+"""Turning a TorchServe request row into a validated dict.
+
+TorchServe hands each request as a dict whose ``body`` (or ``data``) is already-decoded JSON, raw
+bytes (an image sent with ``curl -T``, or JSON it could not decode), or text. Multipart form
+fields arrive as separate keys. Every validator raises :class:`InputError` naming the field.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import InputError, LimitError
+
+_BODY_KEYS = ("body", "data")
+
+
+def read_payload(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One TorchServe request row -> a JSON-like dict. A raw image body becomes ``{"image": bytes}``."""
+    body = next((row[k] for k in _BODY_KEYS if row.get(k) is not None), None)
+    if body is None:
+        # multipart/form-data: each form field is its own key
+        fields = {k: v for k, v in row.items() if k not in _BODY_KEYS}
+        if not fields:
+            raise InputError("body", "request body is empty")
+        return {k: _form_value(k, v) for k, v in fields.items()}
+    if isinstance(body, Mapping):
+        return dict(body)
+    if isinstance(body, list):
+        raise InputError("body", "expected a JSON object, got a JSON array")
+    if isinstance(body, (bytes, bytearray)):
+        if not body:
+            raise InputError("body", "request body is empty")
+        if _looks_like_json(body):
+            return _parse_json_object(body.decode("utf-8", errors="replace"))
+        return {"image": bytes(body)}
+    if isinstance(body, str):
+        if not body.strip():
+            raise InputError("body", "request body is empty")
+        return _parse_json_object(body)
+    raise InputError("body", f"unsupported body type {type(body).__name__}")
+
+
+def _looks_like_json(raw: bytes | bytearray) -> bool:
+    head = bytes(raw[:64]).lstrip()
+    return head[:1] in (b"{", b"[", b'"')
+
+
+def _parse_json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise InputError("body", f"expected a JSON object, got {_json_type(value)}")
+    return value
+
+
+def _form_value(key: str, value: Any) -> Any:
+    if key == "image" or not isinstance(value, (bytes, bytearray)):
+        return value
+    text = value.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def reject_unknown(payload: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Unknown fields are refused rather than ignored, so a typo (``"promt"``) is not silently lost."""
+    allowed = set(allowed)
+    for key in payload:
+        if key not in allowed:
+            raise InputError(key, f"unknown field; allowed fields are {sorted(allowed)}")
+
+
+def require(payload: Mapping[str, Any], key: str) -> Any:
+    if payload.get(key) is None:
+        raise InputError(key, "is required")
+    return payload[key]
+
+
+def get_str(payload: Mapping[str, Any], key: str, *, default: str | None = None,
+            required: bool = False, max_len: int = 10_000, allow_empty: bool = False) -> str | None:
+    value = payload.get(key)
+    if value is None:
+        if required:
+            raise InputError(key, "is required")
+        return default
+    return check_str(value, key, max_len=max_len, allow_empty=allow_empty)
+
+
+def check_str(value: Any, field: str, *, max_len: int = 10_000, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InputError(field, f"must be a string, got {_json_type(value)}")
+    if not allow_empty and not value.strip():
+        raise InputError(field, "must not be empty")
+    if len(value) > max_len:
+        raise LimitError(field, f"is {len(value)} characters long; the limit is {max_len}")
+    return value
+
+
+def get_str_list(payload: Mapping[str, Any], key: str, *, max_items: int, max_len: int = 1_000,
+                 required: bool = False, accept_single: bool = False) -> list[str] | None:
+    value = payload.get(key)
+    if value is None:
+        if required:
+            raise InputError(key, "is required")
+        return None
+    if accept_single and isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise InputError(key, f"must be a list of strings, got {_json_type(value)}")
+    if not value:
+        raise InputError(key, "must not be an empty list")
+    if len(value) > max_items:
+        raise LimitError(key, f"has {len(value)} items; the limit is {max_items}")
+    return [check_str(item, f"{key}[{i}]", max_len=max_len) for i, item in enumerate(value)]
+
+
+def get_bool(payload: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    value = payload.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InputError(key, f"must be true or false, got {_json_type(value)}")
+    return value
+
+
+def check_number(value: Any, field: str, *, integer: bool = False,
+                 minimum: float | None = None, maximum: float | None = None) -> int | float:
+    # bool is an int subclass in Python; JSON true is not a number
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(field, f"must be a number, got {_json_type(value)}")
+    if not math.isfinite(value):
+        raise InputError(field, "must be a finite number")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise InputError(field, f"must be an integer, got {value}")
+        value = int(value)
+    if minimum is not None and value < minimum:
+        raise InputError(field, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise LimitError(field, f"must be <= {maximum}, got {value}")
+    return value
+
+
+def get_int(payload: Mapping[str, Any], key: str, *, default: int | None = None,
+            minimum: int | None = None, maximum: int | None = None) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return default
+    return int(check_number(value, key, integer=True, minimum=minimum, maximum=maximum))
+
+
+def get_float(payload: Mapping[str, Any], key: str, *, default: float | None = None,
+              minimum: float | None = None, maximum: float | None = None) -> float | None:
+    value = payload.get(key)
+    if value is None:
+        return default
+    return float(check_number(value, key, minimum=minimum, maximum=maximum))
+
+
+def get_boxes(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int],
+              max_items: int) -> list[list[float]] | None:
+    """``[[x1, y1, x2, y2], ...]`` in pixels of an image of ``image_size`` (width, height)."""
+    value = payload.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InputError(key, f"must be a list of [x1, y1, x2, y2] boxes, got {_json_type(value)}")
+    if not value:
+        raise InputError(key, "must not be an empty list")
+    if len(value) > max_items:
+        raise LimitError(key, f"has {len(value)} boxes; the limit is {max_items}")
+    width, height = image_size
+    boxes = []
+    for i, box in enumerate(value):
+        field = f"{key}[{i}]"
+        if not isinstance(box, list) or len(box) != 4:
+            raise InputError(field, "must be a list of 4 numbers [x1, y1, x2, y2]")
+        x1, y1, x2, y2 = (check_number(v, f"{field}[{j}]") for j, v in enumerate(box))
+        if x2 <= x1:
+            raise InputError(field, "x2 must be > x1")
+        if y2 <= y1:
+            raise InputError(field, "y2 must be > y1")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise InputError(field, f"box {box} lies outside the {width}x{height} image")
+        boxes.append([float(x1), float(y1), float(x2), float(y2)])
+    return boxes
+
+
+def get_points(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int],
+               max_items: int) -> list[list[float]] | None:
+    """``[[x, y], ...]`` inside an image of ``image_size`` (width, height)."""
+    value = payload.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InputError(key, f"must be a list of [x, y] points, got {_json_type(value)}")
+    if not value:
+        raise InputError(key, "must not be an empty list")
+    if len(value) > max_items:
+        raise LimitError(key, f"has {len(value)} points; the limit is {max_items}")
+    width, height = image_size
+    points = []
+    for i, point in enumerate(value):
+        field = f"{key}[{i}]"
+        if not isinstance(point, list) or len(point) != 2:
+            raise InputError(field, "must be a list of 2 numbers [x, y]")
+        x, y = (check_number(v, f"{field}[{j}]") for j, v in enumerate(point))
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise InputError(field, f"point {point} lies outside the {width}x{height} image")
+        points.append([float(x), float(y)])
+    return points
