@@ -1,0 +1,53 @@
+# Shared by the operator scripts: repo paths, config lookups, authenticated curl.
+# shellcheck shell=bash
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-$REPO/.venv/bin/python}"
+TS_CONFIG="${TS_CONFIG:-$REPO/config.properties}"
+TS_KEY_FILE="${TS_KEY_FILE:-$REPO/key_file.json}"
+MODEL_STORE="${MODEL_STORE:-$REPO/model_store}"
+# TorchServe keeps its pid file in $TMPDIR: a private one lets several servers coexist on one host.
+export TMPDIR="${TS_RUN_DIR:-$REPO/.run}"
+MODELS=(clip sd sam depth pose)
+
+say() { printf '%s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+[ -x "$PY" ] || die "no Python environment at $REPO/.venv: run 'make setup' first"
+mkdir -p "$TMPDIR"
+
+# config_value KEY: a key of config.properties (empty when unset)
+config_value() { sed -n "s/^$1=//p" "$TS_CONFIG" | tail -n 1; }
+inference_url() { config_value inference_address; }
+management_url() { config_value management_address; }
+
+# model_config NAME KEY: a top-level value of models/NAME/model-config.yaml
+model_config() {
+  "$PY" -c 'import sys, yaml; v = yaml.safe_load(open(sys.argv[1])).get(sys.argv[2]); print("" if v is None else v)' \
+    "$REPO/models/$1/model-config.yaml" "$2"
+}
+
+# token inference|management: the current token from TorchServe's key file
+token() {
+  [ -f "$TS_KEY_FILE" ] || die "no key file at $TS_KEY_FILE: is TorchServe running (scripts/serve.sh)?"
+  "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["key"])' "$TS_KEY_FILE" "$1"
+}
+
+# api inference|management METHOD PATH [curl args...]: prints the body; fails on HTTP >= 400.
+# TorchServe 0.12 refuses a bad or expired token with 400 InvalidKeyException (not 401): then the
+# key file is read again (tokens may have been rotated) and the call retried once.
+api() {
+  local kind=$1 method=$2 path=$3; shift 3
+  local base; base=$([ "$kind" = management ] && management_url || inference_url)
+  local out code attempt
+  out=$(mktemp)
+  for attempt in 1 2; do
+    code=$(curl -sS -o "$out" -w '%{http_code}' -X "$method" -H "Authorization: Bearer $(token "$kind")" \
+      "$@" "$base$path") || { rm -f "$out"; die "cannot reach TorchServe at $base"; }
+    [ "$attempt" = 1 ] && [ "$code" = 400 ] && grep -q InvalidKeyException "$out" && continue
+    break
+  done
+  cat "$out"; rm -f "$out"
+  [ "$code" -lt 400 ] || { say "$method $path -> HTTP $code"; return 1; }
+}

@@ -1,0 +1,80 @@
+"""Stable Diffusion (model ``sd``): SD v1.4's architecture at full size for ``arch``, a toy for ``tiny``.
+
+Both write a complete ``StableDiffusionPipeline`` directory (unet, vae, text_encoder, tokenizer,
+scheduler; no safety checker) with ``save_pretrained``, the layout the hub's
+``CompVis/stable-diffusion-v1-4`` has, so the handler loads every profile with one
+``StableDiffusionPipeline.from_pretrained``.
+
+tiny: a 2-level UNet (32/64 channels) with cross-attention, a 2-level VAE (scale factor 2) and a
+2-layer CLIP text encoder: 64x64 images (32x32 latents) in well under a second per step on a CPU.
+arch: CompVis/stable-diffusion-v1-4's configs (UNet 320/640/1280/1280 with 768-wide
+cross-attention, VAE 128/256/512/512, CLIP ViT-L/14 text encoder), random weights, ~1.07 B
+parameters, ~4 GB in fp32.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .tokenizer import build_tokenizer
+
+PRETRAINED = {"sd": "CompVis/stable-diffusion-v1-4"}
+
+# CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json: the pipeline's own default
+# scheduler, and the noise schedule every alternative the handler offers is built from.
+SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                 set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+
+
+def unet_config(profile: str) -> dict:
+    if profile == "tiny":
+        return dict(sample_size=32, block_out_channels=(32, 64), layers_per_block=1,
+                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+    # v1-4 unet/config.json; UNet2DConditionModel's defaults are v1's but for these two
+    return dict(sample_size=64, cross_attention_dim=768)
+
+
+def vae_config(profile: str) -> dict:
+    if profile == "tiny":
+        blocks = (32, 64)
+        return dict(block_out_channels=blocks, layers_per_block=1, latent_channels=4, sample_size=64,
+                    down_block_types=("DownEncoderBlock2D",) * len(blocks),
+                    up_block_types=("UpDecoderBlock2D",) * len(blocks))
+    blocks = (128, 256, 512, 512)  # v1-4 vae/config.json
+    return dict(block_out_channels=blocks, layers_per_block=2, latent_channels=4, sample_size=512,
+                down_block_types=("DownEncoderBlock2D",) * len(blocks),
+                up_block_types=("UpDecoderBlock2D",) * len(blocks))
+
+
+def text_config(profile: str, tokenizer) -> CLIPTextConfig:
+    # pooling uses the end-of-text id; keep the config's special ids the tokenizer's (as clip.py does)
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    if profile == "tiny":
+        return CLIPTextConfig(vocab_size=len(tokenizer), **special, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77)
+    # openai/clip-vit-large-patch14's text tower, as v1-4 text_encoder/config.json
+    return CLIPTextConfig(vocab_size=49408, **special, hidden_size=768, intermediate_size=3072,
+                          num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                          projection_dim=768, hidden_act="quick_gelu")
+
+
+def build(profile: str, root: Path) -> None:
+    if profile not in ("tiny", "arch"):
+        raise ValueError(f"sd: no random-weight build for profile {profile!r}")
+    tokenizer = build_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL(**vae_config(profile)),
+        text_encoder=CLIPTextModel(text_config(profile, tokenizer)),
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel(**unet_config(profile)),
+        scheduler=PNDMScheduler(**SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(root / "sd")

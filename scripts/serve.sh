@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Start TorchServe from the repo root with config.properties and register every archive in the
+# model store (models first, then the pipeline workflow). Idempotent: a running server is reused.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO"
+
+ping_ok() {
+  [ -f "$TS_KEY_FILE" ] || return 1
+  curl -sf -H "Authorization: Bearer $(token inference)" "$(inference_url)/ping" 2>/dev/null | grep -q Healthy
+}
+
+if ping_ok; then
+  say "TorchServe is already running at $(inference_url)"
+else
+  command -v java >/dev/null || die "Java 17+ is required (Debian: apt-get install openjdk-17-jre-headless)"
+  ls "$MODEL_STORE"/*.mar >/dev/null 2>&1 || die "no archives in $MODEL_STORE: run scripts/archive.sh first"
+  say "starting TorchServe ($TS_CONFIG, model store $MODEL_STORE, logs in $REPO/logs)"
+  rm -f "$TS_KEY_FILE"
+  PATH="$REPO/.venv/bin:$PATH" torchserve --start --ncs --ts-config "$TS_CONFIG" --model-store "$MODEL_STORE" \
+    > "$TMPDIR/torchserve.out" 2>&1 || { cat "$TMPDIR/torchserve.out" >&2; die "TorchServe did not start"; }
+  for _ in $(seq 1 120); do ping_ok && break; sleep 1; done
+  ping_ok || { tail -20 "$REPO/logs/ts_log.log" >&2 2>/dev/null; die "TorchServe did not become healthy within 120 s"; }
+  say "TorchServe is up at $(inference_url)"
+fi
+
+for name in "${MODELS[@]}"; do
+  [ -f "$MODEL_STORE/$name.mar" ] && "$REPO/scripts/register.sh" "$name"
+done
+if [ -f "$MODEL_STORE/pipeline.mar" ]; then "$REPO/scripts/register.sh" pipeline; fi
+if [ -f "$MODEL_STORE/pipeline.war" ]; then "$REPO/scripts/register.sh" --workflow pipeline; fi
+say "ready: inference $(inference_url), management $(management_url), metrics $(config_value metrics_address)"

@@ -1,0 +1,142 @@
+"""A real TorchServe for integration tests: free loopback ports, a generated config, its own run dir.
+
+The generated config is the repo's ``config.properties`` with only the addresses and the stores
+changed, so tests exercise the configuration operators run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def render_config(model_store: Path, ports: dict[str, int], overrides: dict[str, str] | None = None) -> str:
+    values = {
+        "inference_address": f"http://127.0.0.1:{ports['inference']}",
+        "management_address": f"http://127.0.0.1:{ports['management']}",
+        "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
+        "grpc_inference_port": str(ports["grpc_inference"]),
+        "grpc_management_port": str(ports["grpc_management"]),
+        "model_store": str(model_store),
+        "workflow_store": str(model_store),
+        **(overrides or {}),
+    }
+    lines = []
+    for line in (REPO / "config.properties").read_text().splitlines():
+        key = line.split("=", 1)[0]
+        if key in values:
+            line = f"{key}={values.pop(key)}"
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+class TorchServe:
+    def __init__(self, run_dir: Path, model_store: Path, config_overrides: dict[str, str] | None = None):
+        self.run_dir = run_dir
+        self.model_store = model_store
+        names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+        self.ports = dict(zip(names, free_ports(len(names))))
+        self.config_path = run_dir / "config.properties"
+        self.config_overrides = config_overrides
+        self.process: subprocess.Popen | None = None
+        self.session = requests.Session()
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self, timeout: float = 180) -> "TorchServe":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render_config(self.model_store, self.ports, self.config_overrides))
+        env = {**os.environ, "TMPDIR": str(self.run_dir), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        self.log = open(self.run_dir / "torchserve.out", "w")
+        # --foreground keeps the JVM our child, so a crashed test run never leaves it behind
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(self.config_path),
+             "--model-store", str(self.model_store)],
+            cwd=self.run_dir, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited: see {self.run_dir / 'torchserve.out'}")
+            try:
+                if self.get("inference", "/ping", timeout=2).json().get("status") == "Healthy":
+                    return self
+            except (requests.RequestException, FileNotFoundError, KeyError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"TorchServe not healthy after {timeout}s: see {self.run_dir}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.session.close()
+
+    def register(self, name: str, workflow: bool = False, timeout: float = 600) -> None:
+        if workflow:
+            response = self.post("management", f"/workflows?url={name}.war", timeout=timeout)
+        else:
+            response = self.post("management", f"/models?url={name}.mar&synchronous=true", timeout=timeout)
+        response.raise_for_status()
+
+    # --- HTTP with the server's tokens ---------------------------------------------------------
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
+    def token(self, kind: str) -> str:
+        return json.loads(self.key_file.read_text())[kind]["key"]
+
+    def url(self, kind: str) -> str:
+        return f"http://127.0.0.1:{self.ports[kind]}"
+
+    def request(self, kind: str, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> requests.Response:
+        """``kind`` is inference, management or metrics; the right token is sent unless ``token`` is given."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        if kind != "metrics" and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {token if token is not None else self.token(kind)}"
+        kwargs.setdefault("timeout", 120)
+        return self.session.request(method, self.url(kind) + path, headers=headers, **kwargs)
+
+    def get(self, kind: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.request(kind, "GET", path, **kwargs)
+
+    def post(self, kind: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.request(kind, "POST", path, **kwargs)
+
+    def predict(self, model: str, body: Any = None, *, raw: bytes | None = None, **kwargs: Any) -> requests.Response:
+        if raw is not None:
+            return self.post("inference", f"/predictions/{model}", data=raw, **kwargs)
+        return self.post("inference", f"/predictions/{model}", json=body, **kwargs)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        response = self.get("management", f"/models/{model}")
+        response.raise_for_status()
+        return response.json()[0]
+
+    def worker_pids(self, model: str) -> set[int]:
+        return {worker["pid"] for worker in self.describe(model)["workers"]}
