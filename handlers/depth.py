@@ -71,6 +71,7 @@ class DepthEstimator(BatchHandler):
         self.add_metric("DepthImages", len(images))
         return results
 
+    @torch.inference_mode()
     def predict(self, images: list) -> torch.Tensor:
         """One forward for all ``images``: ``(batch, height, width)`` float32 maps at the model's size."""
         options: dict[str, Any] = {"size": self.input_size}
@@ -88,7 +89,7 @@ class DepthEstimator(BatchHandler):
     def resize_to(prediction: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         width, height = size
         resized = F.interpolate(prediction[None, None], size=(height, width), mode="bilinear", align_corners=False)
-        return np.nan_to_num(resized[0, 0].cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
+        return np.nan_to_num(resized[0, 0].detach().cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
 
     def encode(self, depth: np.ndarray) -> dict[str, Any]:
         vmin, vmax = float(depth.min()), float(depth.max())

@@ -84,7 +84,9 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     if array.dtype == bool:
         return Image.fromarray(array.astype(np.uint8) * 255, mode="L")
     if array.dtype == np.uint16:
-        return Image.fromarray(array, mode="I;16")
+        # Pillow 13 refuses fromarray(uint16, mode="I;16") ("Invalid mode for data type"): build it from bytes
+        array = np.ascontiguousarray(array, dtype="<u2")
+        return Image.frombuffer("I;16", (array.shape[1], array.shape[0]), array.tobytes(), "raw", "I;16", 0, 1)
     return Image.fromarray(np.ascontiguousarray(array.astype(np.uint8)))
 
 

@@ -58,8 +58,8 @@ def vitpose_processor(config: VitPoseConfig) -> VitPoseImageProcessorPil:
 def detector_config(profile: str) -> RTDetrConfig:
     labels = _labels(COCO_LABELS)
     if profile == "tiny":
-        backbone = dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                        layer_type="basic", out_indices=[2, 3, 4])
+        backbone = dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 24, 32],
+                        depths=[1, 1, 1, 1], layer_type="basic", out_indices=[2, 3, 4])
         return RTDetrConfig(backbone_config=backbone, encoder_in_channels=[16, 24, 32], encoder_hidden_dim=16,
                             encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16, decoder_in_channels=[16, 16, 16],
                             decoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2, decoder_n_points=2,
