@@ -16,6 +16,8 @@ else
   ls "$MODEL_STORE"/*.mar >/dev/null 2>&1 || die "no archives in $MODEL_STORE: run scripts/archive.sh first"
   say "starting TorchServe ($TS_CONFIG, model store $MODEL_STORE, logs in $REPO/logs)"
   rm -f "$TS_KEY_FILE"
+  # workers inherit these: the pipeline calls the models on this server's ports with its key file
+  export TS_CONFIG_FILE="$TS_CONFIG" TS_KEY_FILE
   PATH="$REPO/.venv/bin:$PATH" torchserve --start --ncs --ts-config "$TS_CONFIG" --model-store "$MODEL_STORE" \
     > "$TMPDIR/torchserve.out" 2>&1 || { cat "$TMPDIR/torchserve.out" >&2; die "TorchServe did not start"; }
   for _ in $(seq 1 120); do ping_ok && break; sleep 1; done

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -31,11 +30,11 @@ def ensure_tiny_weights(*models: str) -> Path:
 
 
 def model_config(name: str, profile: str = "tiny", **handler_overrides: Any) -> dict[str, Any]:
-    """models/<name>/model-config.yaml as archive.sh would render it for ``profile``."""
-    config = yaml.safe_load((REPO / "models" / name / "model-config.yaml").read_text())
-    handler = config.setdefault("handler", {})
-    handler["weights_dir"] = str(WEIGHTS / profile / handler["weights"])
-    handler.update(handler_overrides)
+    """models/<name>/model-config.yaml as archive.sh renders it for ``profile``, plus overrides."""
+    from render_model_config import deep_merge, render
+
+    config = render(REPO / "models" / name / "model-config.yaml", profile, WEIGHTS)
+    config["handler"] = deep_merge(config["handler"], handler_overrides)
     return config
 
 

@@ -67,7 +67,9 @@ class TorchServe:
     def start(self, timeout: float = 180) -> "TorchServe":
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(render_config(self.model_store, self.ports, self.config_overrides))
-        env = {**os.environ, "TMPDIR": str(self.run_dir), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        # workers inherit this environment: the pipeline finds the server's ports and key file here
+        env = {**os.environ, "TMPDIR": str(self.run_dir), "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+               "TS_CONFIG_FILE": str(self.config_path), "TS_KEY_FILE": str(self.key_file)}
         self.log = open(self.run_dir / "torchserve.out", "w")
         # --foreground keeps the JVM our child, so a crashed test run never leaves it behind
         self.process = subprocess.Popen(

@@ -24,14 +24,15 @@ BATCH_SIZE_HEADER = "x-batch-size"
 
 
 class ServerError(Exception):
-    """A request that failed inside the model: answered with a 5xx, never retried by the client blindly."""
+    """A request that failed on the server's side (a model crash, an upstream stage): a 5xx."""
 
-    def __init__(self, message: str, code: int = 500):
+    def __init__(self, message: str, code: int = 500, kind: str = "InternalServerError"):
         super().__init__(message)
         self.code = code
+        self.kind = kind
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.code, "InternalServerError", str(self))
+        return error_body(self.code, self.kind, str(self))
 
 
 Result = dict[str, Any] | InputError | ServerError
@@ -47,6 +48,7 @@ class BatchHandler(abc.ABC):
         self.context: Any = None
         self.config: dict[str, Any] = {}
         self.limits: dict[str, Any] = {}
+        self.batch_indices: list[int] = []
 
     # --- what a model implements -------------------------------------------------------------
     @abc.abstractmethod
@@ -87,6 +89,8 @@ class BatchHandler(abc.ABC):
             except InputError as err:
                 results[idx] = err
         if parsed:
+            # the batch index of each parsed request, for handlers that answer per request (streams)
+            self.batch_indices = [idx for idx, _ in parsed]
             outputs = self._infer_isolating_failures([request for _, request in parsed])
             for (idx, _), output in zip(parsed, outputs):
                 results[idx] = output
@@ -100,15 +104,20 @@ class BatchHandler(abc.ABC):
 
     def add_metric(self, name: str, value: float, unit: str = "count") -> None:
         """A custom metric on the metrics port (model_metrics_auto_detect=true): counters for
-        ``count``, gauges otherwise (``ms``, ``steps/s``)."""
+        ``count``, gauges otherwise (``ms``, ``s``, ``StepsPerSecond``). A unit is word characters
+        only: the frontend's metric-line parser drops a line whose unit has ``/`` (``steps/s``)."""
         metrics = getattr(self.context, "metrics", None)
         if metrics is None:
             return
         try:
             if unit == "count":
                 metrics.add_counter(name, value)
-            else:
+            elif unit in ("ms", "s"):
                 metrics.add_time(name, value, unit=unit)
+            else:  # add_time refuses any unit but ms and s
+                from ts.metrics.metric_type_enum import MetricTypes
+
+                metrics.add_metric(name, value, unit, metric_type=MetricTypes.GAUGE)
         except Exception:  # a metrics hiccup must never fail an inference
             logger.debug("metric %s not recorded", name, exc_info=True)
 
@@ -124,7 +133,13 @@ class BatchHandler(abc.ABC):
                 logger.exception("%s inference failed", self.model_label)
                 return [ServerError(f"{self.model_label} inference failed: {type(exc).__name__}: {exc}")]
             logger.exception("%s batch of %d failed; retrying one by one", self.model_label, len(requests))
-            return [self._infer_isolating_failures([request])[0] for request in requests]
+            indices = self.batch_indices
+            results = []
+            for idx, request in zip(indices, requests):
+                self.batch_indices = [idx]
+                results.append(self._infer_isolating_failures([request])[0])
+            self.batch_indices = indices
+            return results
 
     def _respond(self, context: Any, idx: int, result: Result | None, batch_size: int) -> str:
         if isinstance(result, (InputError, ServerError)):

@@ -16,8 +16,9 @@ def model_store(tmp_path_factory):
     """Archives of every model in a private store (named model_store, as allowed_urls expects)."""
     store = tmp_path_factory.mktemp("ts") / "model_store"
     ensure_tiny_weights(*MODELS)
-    subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store), *MODELS],
-                   check=True, capture_output=True)
+    result = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store),
+                             *MODELS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     return store
 
 
@@ -27,6 +28,8 @@ def server(model_store, tmp_path_factory):
     try:
         for name in MODELS:
             ts.register(name)
+        if (model_store / "pipeline.war").exists():
+            ts.register("pipeline", workflow=True)
         yield ts
     finally:
         ts.stop()

@@ -1,0 +1,148 @@
+"""Command line: ``python -m client pipeline "a red bicycle" --out outputs``.
+
+Reads TorchServe's key file (``--key-file``, ``$TS_KEY_FILE`` or ./key_file.json) for its tokens and
+saves what a person wants to see in ``--out``: images, mask overlays with CLIP labels, depth
+colormaps, pose skeletons, and each JSON response.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import ApiError, Client
+from .render import b64_image, overlay_masks, save_json, save_pipeline
+
+
+def _image_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="a PNG or JPEG file")
+
+
+def _json_arg(value: str):
+    return json.loads(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference address")
+    parser.add_argument("--management-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--key-file", default=None, help="TorchServe's key_file.json")
+    parser.add_argument("--out", type=Path, default=Path("outputs"), help="where pictures and JSON go")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="text -> image (sd)")
+    generate.add_argument("prompt")
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--steps", type=int)
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--negative-prompt")
+    generate.add_argument("--stream", action="store_true", help="show denoising progress")
+
+    analyze = commands.add_parser("analyze", help="image + texts -> CLIP concept scores")
+    _image_arg(analyze)
+    analyze.add_argument("--texts", nargs="+")
+    analyze.add_argument("--roi", type=_json_arg, help='boxes as JSON, e.g. "[[0,0,100,100]]"')
+
+    segment = commands.add_parser("segment", help="image (+ boxes/points) -> masks (sam)")
+    _image_arg(segment)
+    segment.add_argument("--roi", type=_json_arg)
+    segment.add_argument("--points", type=_json_arg)
+    segment.add_argument("--point-labels", type=_json_arg)
+
+    for name in ("depth", "pose"):
+        _image_arg(commands.add_parser(name, help=f"image -> {name}"))
+
+    pipeline = commands.add_parser("pipeline", help="prompt or image -> generate, analyze, segment (+ priors)")
+    pipeline.add_argument("prompt", nargs="?")
+    pipeline.add_argument("--image", type=Path, help="analyze this image instead of generating one")
+    pipeline.add_argument("--texts", nargs="+")
+    pipeline.add_argument("--roi", type=_json_arg)
+    pipeline.add_argument("--priors", nargs="+", choices=["depth", "pose"])
+    pipeline.add_argument("--seed", type=int)
+    pipeline.add_argument("--workflow", action="store_true", help="use /wfpredict/pipeline (the workflow)")
+    pipeline.add_argument("--name", default="pipeline", help="file name prefix in --out")
+
+    commands.add_parser("models", help="list registered models")
+    scale = commands.add_parser("scale", help="set a model's workers")
+    scale.add_argument("model")
+    scale.add_argument("min_workers", type=int)
+    scale.add_argument("max_workers", type=int, nargs="?")
+
+    args = parser.parse_args(argv)
+    client = Client(args.url, args.management_url, key_file=args.key_file)
+    try:
+        return _run(client, args)
+    except ApiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if args.command == "generate":
+        options = {k: v for k, v in {"seed": args.seed, "steps": args.steps, "width": args.width, "height": args.height,
+                                     "negative_prompt": args.negative_prompt}.items() if v is not None}
+        if args.stream:
+            result = None
+            for event in client.stream("sd", {"prompt": args.prompt, **options}):
+                if "step" in event:
+                    print(f"\rdenoising step {event['step']}/{event['steps']}", end="", file=sys.stderr, flush=True)
+                else:
+                    result = event
+            print(file=sys.stderr)
+        else:
+            result = client.generate(args.prompt, **options)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(result["images"]):
+            path = out / f"generated_{result['seeds'][i]}.png"
+            b64_image(image).save(path)
+            print(path)
+        save_json(result, out / "generate.json")
+    elif args.command == "analyze":
+        result = client.analyze(args.image, args.texts, args.roi)
+        print(f"{result['max_confidence_concept']} "
+              f"({max(result['confidence_scores']):.3f})")
+        print(save_json(result, _mkdir(out) / "analyze.json"))
+    elif args.command == "segment":
+        result = client.segment(args.image, roi=args.roi, points=args.points, point_labels=args.point_labels)
+        from PIL import Image
+
+        picture = overlay_masks(Image.open(args.image), result["masks"], boxes=result.get("boxes"))
+        picture.save(_mkdir(out) / "segments.png")
+        print(out / "segments.png")
+        print(save_json(result, out / "segment.json"))
+    elif args.command in ("depth", "pose"):
+        result = client.depth(args.image) if args.command == "depth" else client.pose(args.image)
+        picture = b64_image(result["colormap"] if args.command == "depth" else result["overlay"])
+        picture.save(_mkdir(out) / f"{args.command}.png")
+        print(out / f"{args.command}.png")
+        print(save_json(result, out / f"{args.command}.json"))
+    elif args.command == "pipeline":
+        if (args.prompt is None) == (args.image is None):
+            print("error: give a prompt or --image, not both", file=sys.stderr)
+            return 2
+        options = {k: v for k, v in {"texts": args.texts, "roi": args.roi, "priors": args.priors,
+                                     "seed": args.seed}.items() if v is not None}
+        result = client.pipeline(prompt=args.prompt, image=args.image, workflow=args.workflow, **options)
+        for path in save_pipeline(result, out, args.name):
+            print(path)
+    elif args.command == "models":
+        for model in client.models():
+            print(f"{model['modelName']}\t{model['modelUrl']}")
+    elif args.command == "scale":
+        client.scale(args.model, args.min_workers, args.max_workers)
+        model = client.describe(args.model)
+        print(f"{args.model}: {len(model['workers'])} workers (min {model['minWorkers']}, max {model['maxWorkers']})")
+    return 0
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
