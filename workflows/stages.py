@@ -48,7 +48,7 @@ class PipelineRequest:
 class PipelineSettings:
     """Per-stage time limits (s) and caps; from the pipeline's model-config.yaml."""
 
-    timeouts: Mapping[str, float] = field(default_factory=lambda: {"sd": 600, "clip": 60, "sam": 120,
+    timeouts: Mapping[str, float] = field(default_factory=lambda: {"sd": 600, "clip": 60, "sam": 600,
                                                                    "depth": 60, "pose": 60})
     max_texts: int = 100
     max_rois: int = 16
