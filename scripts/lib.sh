@@ -34,18 +34,29 @@ token() {
   "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["key"])' "$TS_KEY_FILE" "$1"
 }
 
+# rotate inference|management: ask TorchServe for a new token with the API key (rewrites the key file)
+rotate() {
+  curl -sf -o /dev/null -H "Authorization: Bearer $(token API)" "$(management_url)/token?type=$1" \
+    || die "could not rotate the $1 token (is the API key in $TS_KEY_FILE current?)"
+}
+
 # api inference|management METHOD PATH [curl args...]: prints the body; fails on HTTP >= 400.
 # TorchServe 0.12 refuses a bad or expired token with 400 InvalidKeyException (not 401): then the
-# key file is read again (tokens may have been rotated) and the call retried once.
+# key file is read again, and if it still holds the refused token (expired), the token is rotated
+# with the API key before the one retry.
 api() {
   local kind=$1 method=$2 path=$3; shift 3
   local base; base=$([ "$kind" = management ] && management_url || inference_url)
-  local out code attempt
+  local out code attempt sent
   out=$(mktemp)
   for attempt in 1 2; do
-    code=$(curl -sS -o "$out" -w '%{http_code}' -X "$method" -H "Authorization: Bearer $(token "$kind")" \
+    sent=$(token "$kind")
+    code=$(curl -sS -o "$out" -w '%{http_code}' -X "$method" -H "Authorization: Bearer $sent" \
       "$@" "$base$path") || { rm -f "$out"; die "cannot reach TorchServe at $base"; }
-    [ "$attempt" = 1 ] && [ "$code" = 400 ] && grep -q InvalidKeyException "$out" && continue
+    if [ "$attempt" = 1 ] && [ "$code" = 400 ] && grep -q InvalidKeyException "$out"; then
+      [ "$(token "$kind")" = "$sent" ] && rotate "$kind"
+      continue
+    fi
     break
   done
   cat "$out"; rm -f "$out"

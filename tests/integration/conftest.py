@@ -15,7 +15,7 @@ MODELS = sorted(p.parent.name for p in (REPO / "models").glob("*/model-config.ya
 def model_store(tmp_path_factory):
     """Archives of every model in a private store (named model_store, as allowed_urls expects)."""
     store = tmp_path_factory.mktemp("ts") / "model_store"
-    ensure_tiny_weights(*MODELS)
+    ensure_tiny_weights(*(m for m in MODELS if m != "pipeline"))  # the pipeline has no weights
     result = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store),
                              *MODELS], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

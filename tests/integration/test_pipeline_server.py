@@ -60,6 +60,8 @@ def test_image_in_with_priors(server, path):
 
 
 def test_bad_request_is_a_4xx_on_the_model_and_never_2xx_on_the_workflow(server):
+    # TorchServe 0.12's engine replaces a failing node's message with "Error executing <node>":
+    # the workflow can refuse (non-2xx, naming the validating node), only the model names the field
     for body, field in [({"prompt": "x", "image": IMAGE}, "prompt"), ({"image": IMAGE, "priors": ["normals"]}, "priors[0]"),
                         ({"image": IMAGE, "roi": [[10, 10, 5, 20]]}, "roi[0]"), ({"prompt": ""}, "prompt"),
                         ({"image": IMAGE, "seed": 1}, "seed"), ({"prompt": "x", "colour": 1}, "colour")]:
@@ -68,7 +70,7 @@ def test_bad_request_is_a_4xx_on_the_model_and_never_2xx_on_the_workflow(server)
         assert model.json()["message"].startswith(f"{field}: ")
         workflow = call(server, "/wfpredict/pipeline", body)
         assert workflow.status_code >= 400, workflow.text
-        assert f"{field}: " in workflow.text
+        assert "Error executing prepare" in workflow.text
 
 
 def test_stage_error_names_the_stage(server):
@@ -78,15 +80,15 @@ def test_stage_error_names_the_stage(server):
     assert model.status_code == 400, model.text
     assert model.json()["message"].startswith("segment: roi[0]")
     workflow = call(server, "/wfpredict/pipeline", body)
-    assert workflow.status_code >= 400 and "segment: roi[0]" in workflow.text
+    assert workflow.status_code >= 400 and "Error executing analyze" in workflow.text
 
 
 def test_stream_sends_each_stage_then_the_result(server):
     response = server.post("inference", "/predictions/pipeline", json={"image": IMAGE, "stream": True}, stream=True)
     assert response.status_code == 200
     decoder, text, events = json.JSONDecoder(), "", []
-    for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
-        text += chunk
+    for chunk in response.iter_content(chunk_size=None):
+        text += chunk.decode()
     while text.strip():
         event, end = decoder.raw_decode(text.lstrip())
         text = text.lstrip()[end:]
@@ -105,7 +107,8 @@ def test_models_are_registered_once_and_pipeline_traffic_uses_their_workers(serv
     server.request("management", "PUT", "/models/clip?min_worker=0&max_worker=0&synchronous=true").raise_for_status()
     try:
         response = call(server, "/predictions/pipeline", {"image": IMAGE}, timeout=60)
-        assert response.status_code >= 500 and "analyze" in response.json()["message"]
+        assert response.status_code == 502, response.text
+        assert 'Model "clip" has no worker' in response.json()["message"]
     finally:
         server.request("management", "PUT", "/models/clip?min_worker=1&max_worker=4&synchronous=true").raise_for_status()
     server.request("management", "PUT", "/models/clip?min_worker=2&max_worker=4&synchronous=true").raise_for_status()
