@@ -37,6 +37,7 @@ test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: setup
+	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 	$(PY) benchmarks/run.py
 
 clean:
