@@ -1,0 +1,368 @@
+"""``sd``: text -> image with diffusers' ``StableDiffusionPipeline``, batched across requests.
+
+Request ``{"prompt": str | [str], "negative_prompt"?: str | [str], "width"?, "height"?, "steps"?,
+"guidance_scale"?, "seed"?, "scheduler"?, "stream"?}`` -> ``{"images": [b64 png], "seeds": [int],
+"model"}``. A prompt list of K gives K images seeded ``seed, seed+1, ...`` (mod 2**32; a random
+``seed`` when none is sent), so resending ``seeds[0]`` reproduces the whole request and ``seeds[j]``
+alone reproduces image j.
+
+Batching: the requests of a TorchServe batch that share (width, height, steps, guidance_scale,
+scheduler) run as ONE pipeline call, every image with its own CPU ``torch.Generator`` seeded from its
+own seed. Each call gets a fresh pipeline object and a fresh scheduler built from the weights'
+scheduler config, so nothing stateful is shared between calls. Prompts are encoded one at a time
+and the VAE decodes one image at a time; with ``exact_seeds`` (the default on CPU) the UNet also runs
+each image's guidance pair as its own forward, so every kernel sees exactly the shapes it sees for
+an unbatched request and a seed gives the bit-identical image alone or batched.
+
+Streaming: with ``"stream": true`` the request runs in a pipeline call of its own and sends
+``{"request_id", "step", "steps"}`` after every denoising step (``steps`` counts the UNet passes
+the scheduler makes: PNDM makes ``steps + 1``), then the final result.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline)
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+from handlers.common import (BatchHandler, InputError, LimitError, Result, ServerError, check_number, check_str,
+                             encode_png, get_bool, get_float, get_int, get_str, reject_unknown, weights_dir)
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler", "stream")
+SEED_SPACE = 2**32  # seeds are 0 .. 2**32 - 1; a prompt list's seeds wrap around
+
+# name -> (scheduler class, or None for the weights' own; options over the weights' scheduler config)
+SCHEDULERS: dict[str, tuple[type | None, dict[str, Any]]] = {
+    "default": (None, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+    # SD predicts noise in latent space: clipping x0 to [-1, 1] (DDIM's default) would be wrong
+    "ddim": (DDIMScheduler, {"clip_sample": False}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+
+DEFAULT_LIMITS = {"max_prompts": 4, "max_prompt_length": 1000, "min_side": 64, "max_side": 768,
+                  "max_pixels": 512 * 512, "max_steps": 50, "max_guidance_scale": 30}
+
+
+class TextToImage(BatchHandler):
+    model_label = "sd"
+
+    # --- loading ---------------------------------------------------------------------------------
+    def load(self, context: Any) -> None:
+        path = weights_dir(context)
+        self.pipe = StableDiffusionPipeline.from_pretrained(
+            path, dtype=self.dtype, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.vae.enable_slicing()  # one image per VAE decode: batch-invariant, and bounded memory
+
+        self.model_name = str(self.config.get("model_name") or "sd")
+        self.size_multiple = max(8, int(self.pipe.vae_scale_factor))
+        native = self.pipe.unet.config.sample_size
+        native_h, native_w = (native, native) if isinstance(native, int) else tuple(native)
+        self.default_width = int(self.config.get("width") or native_w * self.pipe.vae_scale_factor)
+        self.default_height = int(self.config.get("height") or native_h * self.pipe.vae_scale_factor)
+        self.default_steps = int(self.config.get("steps", 25))
+        self.default_guidance = float(self.config.get("guidance_scale", 7.5))
+        self.default_scheduler = str(self.config.get("scheduler", "default"))
+        self.default_negative = str(self.config.get("negative_prompt") or "")
+        self._check_defaults()
+
+        self.pipeline_calls = 0  # observable in tests: one per group of same-shaped requests
+        self._images_in_call = 0
+        unet = self.pipe.unet
+        self._unet_forward = unet.forward
+        compile_options = self.config.get("compile_unet") or False
+        if compile_options:
+            options = compile_options if isinstance(compile_options, dict) else {}
+            self._unet_forward = torch.compile(self._unet_forward, **options)
+        self.exact_seeds = _exact_seeds(self.config.get("exact_seeds", "auto"), self.device)
+        if self.exact_seeds:
+            unet.forward = self._unet_per_image
+        elif compile_options:
+            unet.forward = self._unet_forward
+        if compile_options or self.config.get("warmup"):
+            self._warm_up()
+
+    def _check_defaults(self) -> None:
+        """A model-config.yaml whose defaults break its own limits fails at load, not per request."""
+        defaults = {"width": self.default_width, "height": self.default_height, "steps": self.default_steps,
+                    "guidance_scale": self.default_guidance, "scheduler": self.default_scheduler}
+        try:
+            self._size(defaults)
+            self._steps(defaults)
+            self._guidance(defaults)
+            self._scheduler(defaults)
+        except InputError as err:
+            raise RuntimeError(f"model-config.yaml handler defaults: {err}") from None
+
+    def _warm_up(self) -> None:
+        started = time.perf_counter()
+        request = self.parse({"prompt": "warm-up", "steps": 2, "seed": 0})
+        with torch.inference_mode():
+            self.generate([request])
+        self.pipeline_calls = 0
+        logger.info("sd warm-up generation took %.1fs", time.perf_counter() - started)
+
+    # --- request parsing -------------------------------------------------------------------------
+    def lim(self, name: str) -> int | float:
+        return self.limit(name, DEFAULT_LIMITS[name])
+
+    def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
+        reject_unknown(payload, FIELDS)
+        prompts = self._prompts(payload)
+        negatives = self._negatives(payload, len(prompts))
+        width, height = self._size(payload)
+        steps = self._steps(payload)
+        guidance = self._guidance(payload)
+        seed = get_int(payload, "seed", minimum=0, maximum=SEED_SPACE - 1)
+        if seed is None:
+            seed = secrets.randbelow(SEED_SPACE)
+        scheduler = self._scheduler(payload)
+        stream = get_bool(payload, "stream", default=False)
+        return {"prompts": prompts, "negatives": negatives,
+                "seeds": [(seed + i) % SEED_SPACE for i in range(len(prompts))],
+                "width": width, "height": height, "steps": steps, "guidance_scale": guidance,
+                "scheduler": scheduler, "stream": stream}
+
+    def _prompts(self, payload: dict[str, Any]) -> list[str]:
+        value = payload.get("prompt")
+        max_len = int(self.lim("max_prompt_length"))
+        if value is None:
+            raise InputError("prompt", "is required")
+        if isinstance(value, str):
+            return [check_str(value, "prompt", max_len=max_len)]
+        if not isinstance(value, list):
+            raise InputError("prompt", f"must be a string or a list of strings, got {_json_type(value)}")
+        if not value:
+            raise InputError("prompt", "must not be an empty list")
+        limit = int(self.lim("max_prompts"))
+        if len(value) > limit:
+            raise LimitError("prompt", f"has {len(value)} prompts; the limit is {limit}")
+        return [check_str(item, f"prompt[{i}]", max_len=max_len) for i, item in enumerate(value)]
+
+    def _negatives(self, payload: dict[str, Any], count: int) -> list[str]:
+        value = payload.get("negative_prompt")
+        max_len = int(self.lim("max_prompt_length"))
+        if value is None:
+            return [self.default_negative] * count
+        if isinstance(value, str):
+            return [check_str(value, "negative_prompt", max_len=max_len, allow_empty=True)] * count
+        if not isinstance(value, list):
+            raise InputError("negative_prompt", f"must be a string or a list of strings, got {_json_type(value)}")
+        if len(value) != count:
+            raise InputError("negative_prompt", f"has {len(value)} items but prompt has {count}; "
+                                                "send one string for all, or one per prompt")
+        return [check_str(item, f"negative_prompt[{i}]", max_len=max_len, allow_empty=True)
+                for i, item in enumerate(value)]
+
+    def _size(self, payload: dict[str, Any]) -> tuple[int, int]:
+        sides = {}
+        for field, default in (("width", self.default_width), ("height", self.default_height)):
+            value = payload.get(field)
+            if value is None:
+                sides[field] = default
+                continue
+            side = int(check_number(value, field, integer=True, minimum=int(self.lim("min_side")),
+                                    maximum=int(self.lim("max_side"))))
+            if side % self.size_multiple:
+                raise InputError(field, f"must be a multiple of {self.size_multiple}, got {side}")
+            sides[field] = side
+        width, height = sides["width"], sides["height"]
+        max_pixels = int(self.lim("max_pixels"))
+        if width * height > max_pixels:
+            field = "width" if payload.get("width") is not None else "height"
+            raise LimitError(field, f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
+        return width, height
+
+    def _steps(self, payload: dict[str, Any]) -> int:
+        return int(get_int(payload, "steps", default=self.default_steps, minimum=1,
+                           maximum=int(self.lim("max_steps"))))
+
+    def _guidance(self, payload: dict[str, Any]) -> float:
+        return float(get_float(payload, "guidance_scale", default=self.default_guidance, minimum=0,
+                               maximum=self.lim("max_guidance_scale")))
+
+    def _scheduler(self, payload: dict[str, Any]) -> str:
+        name = get_str(payload, "scheduler", default=self.default_scheduler, max_len=100)
+        if name not in SCHEDULERS:
+            raise InputError("scheduler", f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+        return name
+
+    # --- inference -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def infer(self, requests: list[dict[str, Any]]) -> list[Result]:
+        indices = list(getattr(self, "batch_indices", None) or [])
+        if len(indices) != len(requests):
+            indices = [None] * len(requests)
+        results: list[Result | None] = [None] * len(requests)
+        for positions in plan_groups(requests):
+            group = [requests[p] for p in positions]
+            stream_index = indices[positions[0]] if group[0]["stream"] else None
+            try:
+                outputs = self.generate(group, stream_index)
+            except Exception as exc:
+                if len(group) == 1:
+                    logger.exception("sd generation failed")
+                    results[positions[0]] = _server_error(exc)
+                    continue
+                # isolate the failure: rerun the group's requests one by one
+                logger.exception("sd group of %d requests failed; retrying one by one", len(group))
+                outputs = []
+                for request in group:
+                    try:
+                        outputs.extend(self.generate([request]))
+                    except Exception as single_exc:
+                        logger.exception("sd generation failed")
+                        outputs.append(_server_error(single_exc))
+            for position, output in zip(positions, outputs):
+                results[position] = output
+        return results  # type: ignore[return-value]
+
+    def generate(self, group: list[dict[str, Any]], stream_index: int | None = None) -> list[Result]:
+        """One pipeline call for a group of requests sharing size, steps, guidance and scheduler."""
+        first = group[0]
+        prompts = [p for request in group for p in request["prompts"]]
+        negatives = [n for request in group for n in request["negatives"]]
+        seeds = [s for request in group for s in request["seeds"]]
+        guided = first["guidance_scale"] > 1.0  # diffusers' classifier-free-guidance condition
+        prompt_embeds = self.encode(prompts)
+        negative_embeds = self.encode(negatives) if guided else None
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        pipe = self.pipeline(first["scheduler"])
+
+        step_times: list[float] = []
+
+        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            step_times.append(time.perf_counter())
+            if stream_index is not None:
+                self.send_progress(stream_index, self.progress_event(stream_index, step + 1, pipeline.num_timesteps))
+            return {}
+
+        self._images_in_call = len(prompts)
+        started = time.perf_counter()
+        try:
+            images = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                          width=first["width"], height=first["height"], num_inference_steps=first["steps"],
+                          guidance_scale=first["guidance_scale"], generator=generators, output_type="pil",
+                          callback_on_step_end=on_step_end).images
+        finally:
+            self._images_in_call = 0
+        self.pipeline_calls += 1
+        if step_times:
+            self.add_metric("DenoisingStepsPerSecond", len(step_times) / max(step_times[-1] - started, 1e-9),
+                            unit="StepsPerSecond")
+        self.add_metric("ImagesGenerated", len(images))
+
+        results: list[Result] = []
+        offset = 0
+        for request in group:
+            count = len(request["prompts"])
+            results.append({"images": [encode_png(image) for image in images[offset:offset + count]],
+                            "seeds": request["seeds"], "model": self.model_name})
+            offset += count
+        return results
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings, each text encoded on its own (the same shapes whatever the batch)."""
+        found: dict[str, torch.Tensor] = {}
+        for text in texts:
+            if text not in found:
+                found[text] = self.pipe.encode_prompt(text, self.device, 1, False)[0]
+        return torch.cat([found[text] for text in texts])
+
+    def pipeline(self, scheduler: str) -> StableDiffusionPipeline:
+        """A pipeline object for one call: the shared models, a scheduler of its own."""
+        cls, options = SCHEDULERS[scheduler]
+        base = self.pipe.scheduler
+        fresh = (cls or type(base)).from_config(base.config, **options)
+        pipe = StableDiffusionPipeline(**{**self.pipe.components, "scheduler": fresh}, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _unet_per_image(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
+                        *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
+        """The UNet on each image's rows (its unconditional and conditional halves) separately.
+
+        The pipeline stacks a call's rows as ``[uncond_1..uncond_N, cond_1..cond_N]``; image i's
+        forward gets rows ``(i, N + i)``, exactly the batch an unbatched request of one image sends.
+        """
+        forward = self._unet_forward
+        rows, images = sample.shape[0], self._images_in_call
+        if images <= 1 or rows % images:
+            return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
+        per_image = rows // images
+        outputs = []
+        for i in range(images):
+            index = [i + k * images for k in range(per_image)]
+            picked = {key: _rows(value, index, rows) for key, value in kwargs.items()}
+            outputs.append(forward(sample[index], _rows(timestep, index, rows), encoder_hidden_states[index],
+                                   *args, return_dict=False, **picked)[0])
+        out = torch.stack(outputs, dim=1).reshape(rows, *outputs[0].shape[1:])
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+    # --- streaming -------------------------------------------------------------------------------
+    def progress_event(self, index: int, step: int, steps: int) -> dict[str, Any]:
+        return {"request_id": self.context.get_request_id(index), "step": step, "steps": steps}
+
+    def send_progress(self, index: int, event: dict[str, Any]) -> None:
+        """One intermediate response (a chunk of the HTTP stream) for the request at ``index``."""
+        context = self.context
+        if getattr(context, "cl_socket", None) is None:  # in-process (tests): no frontend to send to
+            return
+        from ts.handler_utils.utils import send_intermediate_predict_response
+
+        context.set_response_content_type(index, "application/json")
+        send_intermediate_predict_response({index: json.dumps(event, separators=(",", ":"))},
+                                           {index: context.get_request_id(index)},
+                                           "Intermediate Prediction success", 200, context)
+
+
+def plan_groups(requests: list[dict[str, Any]]) -> list[list[int]]:
+    """Positions of the requests that run as one pipeline call; a streamed request runs alone, first."""
+    streamed = [[i] for i, request in enumerate(requests) if request["stream"]]
+    shared: dict[tuple, list[int]] = {}
+    for i, request in enumerate(requests):
+        if not request["stream"]:
+            key = (request["width"], request["height"], request["steps"], request["guidance_scale"],
+                   request["scheduler"])
+            shared.setdefault(key, []).append(i)
+    return streamed + list(shared.values())
+
+
+def _rows(value: Any, index: list[int], rows: int) -> Any:
+    """``value`` restricted to ``index`` when it is per-row (a tensor with ``rows`` rows), else as is."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+        return value[index]
+    return value
+
+
+def _server_error(exc: Exception) -> ServerError:
+    if isinstance(exc, torch.OutOfMemoryError):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return ServerError(f"sd ran out of memory: {exc}", code=507)
+    return ServerError(f"sd inference failed: {type(exc).__name__}: {exc}")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _exact_seeds(setting: Any, device: torch.device) -> bool:
+    """``auto``: bit-identical seeds on CPU (the contract's test), one batched UNet forward on GPU."""
+    if setting == "auto":
+        return device.type != "cuda"
+    return bool(setting)
