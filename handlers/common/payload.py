@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import InputError, LimitError
 
 _BODY_KEYS = ("body", "data")
+_FLOAT_MAX = sys.float_info.max
 
 
 def read_payload(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,6 +54,10 @@ def _parse_json_object(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # an integer over Python's 4300-digit conversion limit
+        raise InputError("body", f"invalid JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested deeper than the parser's recursion limit
+        raise InputError("body", "invalid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise InputError("body", f"expected a JSON object, got {_json_type(value)}")
     return value
@@ -138,6 +144,10 @@ def check_number(value: Any, field: str, *, integer: bool = False,
     # bool is an int subclass in Python; JSON true is not a number
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(field, f"must be a number, got {_json_type(value)}")
+    if isinstance(value, int) and abs(value) > _FLOAT_MAX:
+        # an integer no float can hold (JSON allows 1000-digit integers): math.isfinite and float()
+        # would raise OverflowError
+        raise LimitError(field, f"is too large a number ({len(str(abs(value)))} digits)")
     if not math.isfinite(value):
         raise InputError(field, "must be a finite number")
     if integer:
@@ -167,18 +177,26 @@ def get_float(payload: Mapping[str, Any], key: str, *, default: float | None = N
     return float(check_number(value, key, minimum=minimum, maximum=maximum))
 
 
-def get_boxes(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int],
-              max_items: int) -> list[list[float]] | None:
-    """``[[x1, y1, x2, y2], ...]`` in pixels of an image of ``image_size`` (width, height)."""
+def _get_list(payload: Mapping[str, Any], key: str, max_items: int, items: str, noun: str) -> list[Any] | None:
+    """A non-empty JSON list of at most ``max_items`` ``noun``s (``items`` describes one), or None."""
     value = payload.get(key)
     if value is None:
         return None
     if not isinstance(value, list):
-        raise InputError(key, f"must be a list of [x1, y1, x2, y2] boxes, got {_json_type(value)}")
+        raise InputError(key, f"must be a list of {items}, got {_json_type(value)}")
     if not value:
         raise InputError(key, "must not be an empty list")
     if len(value) > max_items:
-        raise LimitError(key, f"has {len(value)} boxes; the limit is {max_items}")
+        raise LimitError(key, f"has {len(value)} {noun}; the limit is {max_items}")
+    return value
+
+
+def get_boxes(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int],
+              max_items: int) -> list[list[float]] | None:
+    """``[[x1, y1, x2, y2], ...]`` in pixels of an image of ``image_size`` (width, height)."""
+    value = _get_list(payload, key, max_items, "[x1, y1, x2, y2] boxes", "boxes")
+    if value is None:
+        return None
     width, height = image_size
     boxes = []
     for i, box in enumerate(value):
@@ -199,15 +217,9 @@ def get_boxes(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, in
 def get_points(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int],
                max_items: int) -> list[list[float]] | None:
     """``[[x, y], ...]`` inside an image of ``image_size`` (width, height)."""
-    value = payload.get(key)
+    value = _get_list(payload, key, max_items, "[x, y] points", "points")
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise InputError(key, f"must be a list of [x, y] points, got {_json_type(value)}")
-    if not value:
-        raise InputError(key, "must not be an empty list")
-    if len(value) > max_items:
-        raise LimitError(key, f"has {len(value)} points; the limit is {max_items}")
     width, height = image_size
     points = []
     for i, point in enumerate(value):
