@@ -22,6 +22,7 @@ from transformers import AutoImageProcessor, AutoModelForObjectDetection, VitPos
 
 from handlers.common import (BatchHandler, Result, decode_image, encode_png, get_boxes, reject_unknown, require,
                              weights_dir)
+from handlers.common.boxes import box_nms
 from handlers.common.drawing import COCO_KEYPOINT_NAMES, COCO_SKELETON, draw_pose, fit_within
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class PoseEstimator(BatchHandler):
               ((boxes[:, 3] - boxes[:, 1]) >= min(self.min_box_side, height)) & \
               (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores = boxes[big], scores[big]
-        chosen = _nms(boxes, scores, self.nms_iou)[: self.max_people]
+        chosen = box_nms(torch.as_tensor(boxes), torch.as_tensor(scores), self.nms_iou)[: self.max_people].tolist()
         return [{"box": [round(float(v), 2) for v in boxes[i]], "score": round(float(scores[i]), 4)} for i in chosen]
 
     # --- ViTPose: keypoints per box --------------------------------------------------------------
@@ -201,26 +202,3 @@ class PoseEstimator(BatchHandler):
                    for p in people]
         return {"people": ordered, "keypoint_names": self.keypoint_names, **source,
                 "width": image.width, "height": image.height, "overlay": encode_png(overlay)}
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    """Greedy non-maximum suppression; indices of the kept boxes, best score first."""
-    order = list(np.argsort(-scores, kind="stable"))
-    if iou >= 1.0:
-        return order
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    kept: list[int] = []
-    while order:
-        best = order.pop(0)
-        kept.append(int(best))
-        if not order:
-            break
-        rest = np.array(order)
-        x1 = np.maximum(boxes[best, 0], boxes[rest, 0])
-        y1 = np.maximum(boxes[best, 1], boxes[rest, 1])
-        x2 = np.minimum(boxes[best, 2], boxes[rest, 2])
-        y2 = np.minimum(boxes[best, 3], boxes[rest, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        overlap = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
-        order = [int(i) for i, o in zip(rest, overlap) if o <= iou]
-    return kept

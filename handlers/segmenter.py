@@ -43,7 +43,8 @@ from transformers import SamModel, SamProcessor
 
 from handlers.common import (BatchHandler, InputError, LimitError, Result, check_number, decode_image,
                              get_bool, get_boxes, get_points, reject_unknown, require, weights_dir)
-from handlers.common.masks import box_nms, encode_mask, encoded_size_bound, masks_to_boxes, stability_scores
+from handlers.common.boxes import box_nms
+from handlers.common.masks import encode_mask, encoded_size_bound, masks_to_boxes, stability_scores
 
 logger = logging.getLogger(__name__)
 

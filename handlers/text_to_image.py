@@ -33,6 +33,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from handlers.common import (BatchHandler, InputError, LimitError, Result, ServerError, check_number, check_str,
                              encode_png, get_bool, get_float, get_int, get_str, reject_unknown, weights_dir)
+from handlers.common.payload import json_type
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class TextToImage(BatchHandler):
         if isinstance(value, str):
             return [check_str(value, "prompt", max_len=max_len)]
         if not isinstance(value, list):
-            raise InputError("prompt", f"must be a string or a list of strings, got {_json_type(value)}")
+            raise InputError("prompt", f"must be a string or a list of strings, got {json_type(value)}")
         if not value:
             raise InputError("prompt", "must not be an empty list")
         limit = int(self.lim("max_prompts"))
@@ -160,7 +161,7 @@ class TextToImage(BatchHandler):
         if isinstance(value, str):
             return [check_str(value, "negative_prompt", max_len=max_len, allow_empty=True)] * count
         if not isinstance(value, list):
-            raise InputError("negative_prompt", f"must be a string or a list of strings, got {_json_type(value)}")
+            raise InputError("negative_prompt", f"must be a string or a list of strings, got {json_type(value)}")
         if len(value) != count:
             raise InputError("negative_prompt", f"has {len(value)} items but prompt has {count}; "
                                                 "send one string for all, or one per prompt")
@@ -354,11 +355,6 @@ def _server_error(exc: Exception) -> ServerError:
             torch.cuda.empty_cache()
         return ServerError(f"sd ran out of memory: {exc}", code=507)
     return ServerError(f"sd inference failed: {type(exc).__name__}: {exc}")
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _exact_seeds(setting: Any, device: torch.device) -> bool:

@@ -59,7 +59,7 @@ def _parse_json_object(text: str) -> dict[str, Any]:
     except RecursionError:  # arrays or objects nested deeper than the parser's recursion limit
         raise InputError("body", "invalid JSON: nested too deeply") from None
     if not isinstance(value, dict):
-        raise InputError("body", f"expected a JSON object, got {_json_type(value)}")
+        raise InputError("body", f"expected a JSON object, got {json_type(value)}")
     return value
 
 
@@ -73,7 +73,8 @@ def _form_value(key: str, value: Any) -> Any:
         return text
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """How JSON would name the type of ``value``, for messages ("got an array")."""
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
             int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
@@ -104,7 +105,7 @@ def get_str(payload: Mapping[str, Any], key: str, *, default: str | None = None,
 
 def check_str(value: Any, field: str, *, max_len: int = 10_000, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise InputError(field, f"must be a string, got {_json_type(value)}")
+        raise InputError(field, f"must be a string, got {json_type(value)}")
     if not allow_empty and not value.strip():
         raise InputError(field, "must not be empty")
     if len(value) > max_len:
@@ -122,7 +123,7 @@ def get_str_list(payload: Mapping[str, Any], key: str, *, max_items: int, max_le
     if accept_single and isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        raise InputError(key, f"must be a list of strings, got {_json_type(value)}")
+        raise InputError(key, f"must be a list of strings, got {json_type(value)}")
     if not value:
         raise InputError(key, "must not be an empty list")
     if len(value) > max_items:
@@ -135,7 +136,7 @@ def get_bool(payload: Mapping[str, Any], key: str, default: bool = False) -> boo
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise InputError(key, f"must be true or false, got {_json_type(value)}")
+        raise InputError(key, f"must be true or false, got {json_type(value)}")
     return value
 
 
@@ -143,7 +144,7 @@ def check_number(value: Any, field: str, *, integer: bool = False,
                  minimum: float | None = None, maximum: float | None = None) -> int | float:
     # bool is an int subclass in Python; JSON true is not a number
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(field, f"must be a number, got {_json_type(value)}")
+        raise InputError(field, f"must be a number, got {json_type(value)}")
     if isinstance(value, int) and abs(value) > _FLOAT_MAX:
         # an integer no float can hold (JSON allows 1000-digit integers): math.isfinite and float()
         # would raise OverflowError
@@ -183,7 +184,7 @@ def _get_list(payload: Mapping[str, Any], key: str, max_items: int, items: str, 
     if value is None:
         return None
     if not isinstance(value, list):
-        raise InputError(key, f"must be a list of {items}, got {_json_type(value)}")
+        raise InputError(key, f"must be a list of {items}, got {json_type(value)}")
     if not value:
         raise InputError(key, "must not be an empty list")
     if len(value) > max_items:

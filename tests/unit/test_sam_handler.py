@@ -7,8 +7,9 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from handlers.common.masks import (box_nms, encode_mask, encoded_size_bound, mask_to_box, masks_to_boxes,
-                                   png_to_mask, rle_to_mask)
+from handlers.common.boxes import box_nms
+from handlers.common.masks import (encode_mask, encoded_size_bound, mask_to_box, masks_to_boxes, png_to_mask,
+                                   rle_to_mask)
 from handlers.segmenter import Segmenter
 from harness import REPO, load_handler, png_b64, png_bytes, run_batch, sample_image
 
