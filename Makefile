@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup weights archive serve stop demo test bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed client/stubs/.stamp
 
 $(VENV)/.installed: requirements.txt
 	@command -v java >/dev/null && java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); exit !(v[1] >= 17) }' \
@@ -16,6 +16,11 @@ $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# gRPC stubs from the installed TorchServe's protos (generated, gitignored)
+client/stubs/.stamp: $(VENV)/.installed scripts/gen_grpc_stubs.sh
+	scripts/gen_grpc_stubs.sh
 	touch $@
 
 weights: setup

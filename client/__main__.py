@@ -2,7 +2,8 @@
 
 Reads TorchServe's key file (``--key-file``, ``$TS_KEY_FILE`` or ./key_file.json) for its tokens and
 saves what a person wants to see in ``--out``: images, mask overlays with CLIP labels, depth
-colormaps, pose skeletons, and each JSON response.
+colormaps, pose skeletons, and each JSON response. REST by default; ``--grpc`` calls TorchServe's
+gRPC APIs instead (every command but ``pipeline --workflow``, which has no gRPC call).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import ApiError, Client
+from . import ApiError, BaseClient, Client
 from .render import b64_image, overlay_masks, save_json, save_pipeline
 
 
@@ -27,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference address")
-    parser.add_argument("--management-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--management-url", default="http://127.0.0.1:8081",
+                        help="management address (over gRPC too: token rotation is REST-only)")
+    parser.add_argument("--grpc", action="store_true", help="use TorchServe's gRPC APIs instead of REST")
+    parser.add_argument("--grpc-host", default="127.0.0.1")
+    parser.add_argument("--grpc-inference-port", type=int, default=7070)
+    parser.add_argument("--grpc-management-port", type=int, default=7071)
     parser.add_argument("--key-file", default=None, help="TorchServe's key_file.json")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="where pictures and JSON go")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_argument("--roi", type=_json_arg)
     pipeline.add_argument("--priors", nargs="+", choices=["depth", "pose"])
     pipeline.add_argument("--seed", type=int)
-    pipeline.add_argument("--workflow", action="store_true", help="use /wfpredict/pipeline (the workflow)")
+    pipeline.add_argument("--steps", type=int, help="denoising steps of the generation")
+    pipeline.add_argument("--width", type=int)
+    pipeline.add_argument("--height", type=int)
+    pipeline.add_argument("--workflow", action="store_true", help="use /wfpredict/pipeline (the workflow; REST only)")
+    pipeline.add_argument("--stream", action="store_true", help="show each stage as it finishes")
     pipeline.add_argument("--name", default="pipeline", help="file name prefix in --out")
 
     commands.add_parser("models", help="list registered models")
@@ -72,7 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("max_workers", type=int, nargs="?")
 
     args = parser.parse_args(argv)
-    client = Client(args.url, args.management_url, key_file=args.key_file)
+    if args.command == "pipeline" and args.grpc and args.workflow:
+        parser.error("TorchServe has no gRPC call for workflows: drop --grpc to use --workflow")
+    if args.command == "pipeline" and args.stream and args.workflow:
+        parser.error("the workflow forwards only the first chunk of a stream: drop --workflow to use --stream")
+    client: BaseClient
+    if args.grpc:
+        from .grpc_client import GrpcClient
+
+        client = GrpcClient(args.grpc_host, args.grpc_inference_port, args.grpc_management_port,
+                            key_file=args.key_file, management_url=args.management_url)
+    else:
+        client = Client(args.url, args.management_url, key_file=args.key_file)
     try:
         return _run(client, args)
     except ApiError as error:
@@ -80,19 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(client: Client, args: argparse.Namespace) -> int:
+def _progress(text: str) -> None:
+    """One status line, rewritten in place on a terminal."""
+    print(f"\r{text}", end="", file=sys.stderr, flush=True)
+
+
+def _run(client: BaseClient, args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.command == "generate":
         options = {k: v for k, v in {"seed": args.seed, "steps": args.steps, "width": args.width, "height": args.height,
                                      "negative_prompt": args.negative_prompt}.items() if v is not None}
         if args.stream:
             result = None
-            for event in client.stream("sd", {"prompt": args.prompt, **options}):
+            for event in client.generate_stream(args.prompt, **options):
                 if "step" in event:
-                    print(f"\rdenoising step {event['step']}/{event['steps']}", end="", file=sys.stderr, flush=True)
+                    _progress(f"denoising step {event['step']}/{event['steps']}")
                 else:
                     result = event
             print(file=sys.stderr)
+            if result is None:
+                print("error: the stream ended without a result", file=sys.stderr)
+                return 1
         else:
             result = client.generate(args.prompt, **options)
         out.mkdir(parents=True, exist_ok=True)
@@ -125,8 +154,21 @@ def _run(client: Client, args: argparse.Namespace) -> int:
             print("error: give a prompt or --image, not both", file=sys.stderr)
             return 2
         options = {k: v for k, v in {"texts": args.texts, "roi": args.roi, "priors": args.priors,
-                                     "seed": args.seed}.items() if v is not None}
-        result = client.pipeline(prompt=args.prompt, image=args.image, workflow=args.workflow, **options)
+                                     "seed": args.seed, "steps": args.steps, "width": args.width,
+                                     "height": args.height}.items() if v is not None}
+        if args.stream:
+            result = None
+            for event in client.pipeline_stream(prompt=args.prompt, image=args.image, **options):
+                if "stage" in event:
+                    _progress(f"stage {event['stage']} done")
+                else:
+                    result = event
+            print(file=sys.stderr)
+            if result is None:
+                print("error: the stream ended without a result", file=sys.stderr)
+                return 1
+        else:
+            result = client.pipeline(prompt=args.prompt, image=args.image, workflow=args.workflow, **options)
         for path in save_pipeline(result, out, args.name):
             print(path)
     elif args.command == "models":

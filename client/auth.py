@@ -26,6 +26,23 @@ def is_token_refusal(response: requests.Response) -> bool:
         return False
 
 
+# TorchServe 0.12's gRPC interceptor closes a call whose "authorization" metadata is missing, wrong or
+# expired with PERMISSION_DENIED and this description (UNAUTHENTICATED is accepted too, for servers
+# that use the standard code). A handler's 403 also arrives as PERMISSION_DENIED, hence the text.
+GRPC_TOKEN_REFUSAL = "Token Authorization failed"
+
+
+def is_grpc_token_refusal(error: BaseException) -> bool:
+    """Whether a ``grpc.RpcError`` is TorchServe refusing the token (not a handler's error)."""
+    code = getattr(error, "code", None)
+    if not callable(code):
+        return False
+    name = getattr(code(), "name", "")
+    details = error.details() if callable(getattr(error, "details", None)) else ""
+    if name == "UNAUTHENTICATED":
+        return True
+    return name == "PERMISSION_DENIED" and GRPC_TOKEN_REFUSAL in (details or "")
+
 class KeyFile:
     """Tokens from ``key_file.json``; :meth:`refresh` re-reads it and, holding the API key, rotates."""
 

@@ -1,8 +1,15 @@
-"""REST client for image-interpreter: one method per model and for the pipeline."""
+"""The client's endpoints (one method per model and for the pipeline), and its REST transport.
+
+:class:`BaseClient` writes each endpoint once over five transport calls (``predict``, ``stream``,
+``models``, ``describe``, ``scale``); :class:`Client` implements them over TorchServe's REST APIs,
+``client.grpc_client.GrpcClient`` over its gRPC APIs.
+"""
 from __future__ import annotations
 
 import base64
+import codecs
 import io
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,13 +20,19 @@ from .auth import KeyFile, is_token_refusal
 
 
 class ApiError(Exception):
-    """A non-2xx answer; ``body`` is TorchServe's or the handler's JSON error when there is one."""
+    """A non-2xx answer; ``body`` is TorchServe's or the handler's JSON error when there is one.
 
-    def __init__(self, status: int, body: Any, url: str):
+    Over gRPC, ``status`` is the HTTP status the server meant (the handler's, when it gave one) and
+    ``grpc_code`` the gRPC status code's name.
+    """
+
+    def __init__(self, status: int, body: Any, url: str, grpc_code: str | None = None):
         self.status = status
         self.body = body
+        self.grpc_code = grpc_code
         message = body.get("message") if isinstance(body, dict) else str(body)[:500]
-        super().__init__(f"HTTP {status} from {url}: {message}")
+        how = f"HTTP {status} (gRPC {grpc_code})" if grpc_code else f"HTTP {status}"
+        super().__init__(f"{how} from {url}: {message}")
 
 
 ImageInput = str | Path | bytes | Image.Image
@@ -38,7 +51,78 @@ def encode_image(image: ImageInput) -> str:
     return image
 
 
-class Client:
+class BaseClient:
+    """The endpoints, written once. A transport implements :meth:`predict`, :meth:`stream`,
+    :meth:`ping`, :meth:`models`, :meth:`describe`, :meth:`scale` and, where it has one,
+    :meth:`workflow_predict`."""
+
+    transport = "no transport"
+
+    # --- what a transport implements ------------------------------------------------------------
+    def predict(self, model: str, body: dict[str, Any] | None = None, raw: bytes | None = None,
+                timeout: float | None = None) -> dict[str, Any]:
+        """One prediction: a JSON ``body`` or a ``raw`` body (an image's bytes)."""
+        raise NotImplementedError
+
+    def stream(self, model: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Intermediate responses of a streamed request (``"stream": true``), each a JSON object."""
+        raise NotImplementedError
+
+    def workflow_predict(self, workflow: str, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError(f"TorchServe has no workflow call over {self.transport}: "
+                                  "use the REST client (client.Client) for pipeline(workflow=True)")
+
+    def ping(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def models(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def describe(self, model: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def scale(self, model: str, min_workers: int, max_workers: int | None = None) -> Any:
+        raise NotImplementedError
+
+    # --- one method per endpoint ---------------------------------------------------------------
+    def generate(self, prompt: str | list[str], **options: Any) -> dict[str, Any]:
+        return self.predict("sd", {"prompt": prompt, **options})
+
+    def generate_stream(self, prompt: str | list[str], **options: Any) -> Iterator[dict[str, Any]]:
+        """``{"step", "steps"}`` after each denoising step, then the result :meth:`generate` gives."""
+        return self.stream("sd", {"prompt": prompt, **options})
+
+    def analyze(self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None) -> dict[str, Any]:
+        return self.predict("clip", _drop_none({"image": encode_image(image), "texts": texts, "roi": roi}))
+
+    def segment(self, image: ImageInput, **prompts: Any) -> dict[str, Any]:
+        return self.predict("sam", _drop_none({"image": encode_image(image), **prompts}))
+
+    def depth(self, image: ImageInput) -> dict[str, Any]:
+        return self.predict("depth", {"image": encode_image(image)})
+
+    def pose(self, image: ImageInput, roi: list[list[float]] | None = None) -> dict[str, Any]:
+        return self.predict("pose", _drop_none({"image": encode_image(image), "roi": roi}))
+
+    def pipeline(self, prompt: str | None = None, image: ImageInput | None = None, workflow: bool = False,
+                 **options: Any) -> dict[str, Any]:
+        """The whole pipeline: the ``pipeline`` model (default) or the ``pipeline`` workflow (REST only)."""
+        body = _pipeline_body(prompt, image, options)
+        if workflow:
+            return self.workflow_predict("pipeline", body)
+        return self.predict("pipeline", body)
+
+    def pipeline_stream(self, prompt: str | None = None, image: ImageInput | None = None,
+                        **options: Any) -> Iterator[dict[str, Any]]:
+        """``{"stage", "result"}`` as each stage finishes, then the response :meth:`pipeline` gives."""
+        return self.stream("pipeline", _pipeline_body(prompt, image, options))
+
+
+class Client(BaseClient):
+    """The REST transport: TorchServe's inference, management and workflow APIs over HTTP."""
+
+    transport = "REST"
+
     def __init__(self, url: str = "http://127.0.0.1:8080", management_url: str = "http://127.0.0.1:8081",
                  key_file: Path | str | None = None, token: str | None = None, timeout: float = 600):
         self.url = url.rstrip("/")
@@ -68,10 +152,7 @@ class Client:
 
     def call(self, kind: str, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(kind, method, path, **kwargs)
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
+        body = _body(response)
         if response.status_code >= 400:
             raise ApiError(response.status_code, body, path)
         return body
@@ -85,16 +166,17 @@ class Client:
 
     def stream(self, model: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Intermediate responses of a streamed request (``"stream": true``), each a JSON object."""
-        import json
-
-        response = self.request("inference", "POST", f"/predictions/{model}", json={**body, "stream": True},
-                                stream=True)
+        path = f"/predictions/{model}"
+        response = self.request("inference", "POST", path, json={**body, "stream": True}, stream=True)
         if response.status_code >= 400:
-            raise ApiError(response.status_code, response.text, model)
+            raise ApiError(response.status_code, _body(response), path)
         decoder = json.JSONDecoder()
+        # bytes, decoded here: requests only decodes when the response names a charset, and a
+        # chunk may end inside a multi-byte character
+        text = codecs.getincrementaldecoder("utf-8")()
         pending = ""
-        for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
-            pending += chunk
+        for chunk in response.iter_content(chunk_size=None):
+            pending += text.decode(chunk)
             while pending.strip():
                 try:
                     event, end = decoder.raw_decode(pending.lstrip())
@@ -103,29 +185,11 @@ class Client:
                 pending = pending.lstrip()[end:]
                 yield event
 
-    # --- one method per endpoint ---------------------------------------------------------------
-    def generate(self, prompt: str | list[str], **options: Any) -> dict[str, Any]:
-        return self.predict("sd", {"prompt": prompt, **options})
+    def workflow_predict(self, workflow: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.call("inference", "POST", f"/wfpredict/{workflow}", json=body)
 
-    def analyze(self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None) -> dict[str, Any]:
-        return self.predict("clip", _drop_none({"image": encode_image(image), "texts": texts, "roi": roi}))
-
-    def segment(self, image: ImageInput, **prompts: Any) -> dict[str, Any]:
-        return self.predict("sam", _drop_none({"image": encode_image(image), **prompts}))
-
-    def depth(self, image: ImageInput) -> dict[str, Any]:
-        return self.predict("depth", {"image": encode_image(image)})
-
-    def pose(self, image: ImageInput, roi: list[list[float]] | None = None) -> dict[str, Any]:
-        return self.predict("pose", _drop_none({"image": encode_image(image), "roi": roi}))
-
-    def pipeline(self, prompt: str | None = None, image: ImageInput | None = None, workflow: bool = False,
-                 **options: Any) -> dict[str, Any]:
-        """The whole pipeline: ``/predictions/pipeline`` (default) or the ``/wfpredict`` workflow."""
-        body = _drop_none({"prompt": prompt, "image": encode_image(image) if image is not None else None, **options})
-        if workflow:
-            return self.call("inference", "POST", "/wfpredict/pipeline", json=body)
-        return self.predict("pipeline", body)
+    def ping(self) -> dict[str, Any]:
+        return self.call("inference", "GET", "/ping")
 
     def models(self) -> list[dict[str, Any]]:
         return self.call("management", "GET", "/models")["models"]
@@ -136,6 +200,17 @@ class Client:
     def scale(self, model: str, min_workers: int, max_workers: int | None = None) -> dict[str, Any]:
         return self.call("management", "PUT", f"/models/{model}", params={
             "min_worker": min_workers, "max_worker": max_workers or min_workers, "synchronous": "true"})
+
+
+def _body(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _pipeline_body(prompt: str | None, image: ImageInput | None, options: dict[str, Any]) -> dict[str, Any]:
+    return _drop_none({"prompt": prompt, "image": encode_image(image) if image is not None else None, **options})
 
 
 def _drop_none(body: dict[str, Any]) -> dict[str, Any]:

@@ -149,9 +149,21 @@ class BatchHandler(abc.ABC):
             body = result or {}
         context.set_response_content_type(idx, "application/json")
         context.set_response_header(idx, BATCH_SIZE_HEADER, str(batch_size))
+        if _is_grpc(context, idx) and "ts_stream_next" not in context.get_response_headers(idx):
+            # TorchServe 0.12's gRPC StreamPredictions dereferences this header on every final
+            # response: without it a refusal sent before any chunk (or a model that does not
+            # stream) kills the worker. Unary gRPC ignores it; on REST "false" with no earlier
+            # chunk would drop the HTTP headers, so REST is left alone.
+            context.set_response_header(idx, "ts_stream_next", "false")
         return json.dumps({"request_id": context.get_request_id(idx), **body}, separators=(",", ":"))
 
     def _record_batch(self, context: Any, size: int, valid: int, seconds: float) -> None:
         self.add_metric("BatchSize", size)
         self.add_metric("RejectedRequests", size - valid)
         self.add_metric("HandlerLatency", seconds * 1000.0, unit="ms")
+
+
+def _is_grpc(context: Any, idx: int) -> bool:
+    # the frontend forwards HTTP headers (url_path, Host, ...) with REST requests only
+    headers = context.get_all_request_header(idx) or {}
+    return "url_path" not in headers and "Host" not in headers

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from client import Client
+from client import Client, GrpcClient
 from harness import REPO, png_b64, sample_image
 from server import TorchServe
 
@@ -27,6 +27,9 @@ def test_clients_scripts_and_pipeline_survive_token_expiry(expiring_server):
     image = png_b64(sample_image())
     assert client.analyze(image, texts=["a", "b"])["concepts"] == ["a", "b"]
     assert client.pipeline(image=image)["basic_segmentation"]["masks"]
+    grpc = GrpcClient(inference_port=ts.ports["grpc_inference"], management_port=ts.ports["grpc_management"],
+                      key_file=ts.key_file, management_url=ts.url("management"))
+    assert grpc.analyze(image, texts=["a", "b"])["concepts"] == ["a", "b"]
     first = ts.token("inference")
 
     time.sleep(65)  # past token_expiration_min=1
@@ -36,6 +39,8 @@ def test_clients_scripts_and_pipeline_survive_token_expiry(expiring_server):
     # the client re-reads the key file, finds the same (expired) token, rotates it with the API key
     assert client.analyze(image, texts=["a", "b"])["concepts"] == ["a", "b"]
     assert ts.token("inference") != first
+    # a gRPC client that cached the expired token re-reads the key file and goes on
+    assert grpc.analyze(image, texts=["a", "b"])["concepts"] == ["a", "b"]
     # the pipeline worker still holds the old token for its calls to clip and sam: it re-reads
     assert client.pipeline(image=image)["basic_segmentation"]["masks"]
     # the operator scripts rotate the (also expired) management token and go on
