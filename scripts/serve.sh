@@ -14,14 +14,21 @@ if ping_ok; then
 else
   command -v java >/dev/null || die "Java 17+ is required (Debian: apt-get install openjdk-17-jre-headless)"
   ls "$MODEL_STORE"/*.mar >/dev/null 2>&1 || die "no archives in $MODEL_STORE: run scripts/archive.sh first"
-  say "starting TorchServe ($TS_CONFIG, model store $MODEL_STORE, logs in $REPO/logs)"
+  # TorchServe writes key_file.json (and logs/) into the directory it starts in: start it in the
+  # key file's directory ($REPO by default), so a private TS_KEY_FILE is where the tokens land
+  # and another server's key file is never overwritten
+  run_in="$(dirname "$TS_KEY_FILE")"
+  mkdir -p "$run_in"
+  say "starting TorchServe ($TS_CONFIG, model store $MODEL_STORE, logs in $run_in/logs)"
   rm -f "$TS_KEY_FILE"
   # workers inherit these: the pipeline calls the models on this server's ports with its key file
   export TS_CONFIG_FILE="$TS_CONFIG" TS_KEY_FILE
-  PATH="$REPO/.venv/bin:$PATH" torchserve --start --ncs --ts-config "$TS_CONFIG" --model-store "$MODEL_STORE" \
-    > "$TMPDIR/torchserve.out" 2>&1 || { cat "$TMPDIR/torchserve.out" >&2; die "TorchServe did not start"; }
+  # the stores are given explicitly: config.properties' relative ones would resolve against $run_in
+  (cd "$run_in" && PATH="$REPO/.venv/bin:$PATH" torchserve --start --ncs --ts-config "$TS_CONFIG" \
+    --model-store "$MODEL_STORE" --workflow-store "$MODEL_STORE" > "$TMPDIR/torchserve.out" 2>&1) \
+    || { cat "$TMPDIR/torchserve.out" >&2; die "TorchServe did not start"; }
   for _ in $(seq 1 120); do ping_ok && break; sleep 1; done
-  ping_ok || { tail -20 "$REPO/logs/ts_log.log" >&2 2>/dev/null; die "TorchServe did not become healthy within 120 s"; }
+  ping_ok || { tail -20 "$run_in/logs/ts_log.log" >&2 2>/dev/null; die "TorchServe did not become healthy within 120 s"; }
   say "TorchServe is up at $(inference_url)"
 fi
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,29 @@ _CONFIG: dict[str, Any] = {}
 _POOL = ThreadPoolExecutor(max_workers=32)
 
 
+# TorchServe 0.12's DagExecutor.invokeModel queues a node's job (ApiUtils.addRESTInferenceJob) and only
+# THEN attaches the promise it waits on (RestJob.setResponsePromise). A node that answers in between
+# has its answer dropped (RestJob.response: no channel, no promise yet) and the request waits out the
+# node's timeout-ms (25 minutes). Under CPU load the engine thread can stall for milliseconds between
+# those two calls while a fast node answers (prepare for an image-in request takes ~3 ms): seen as
+# ~2% of /wfpredict requests never answered under tests/robustness load. A node therefore never
+# answers sooner than this after it received its batch.
+MIN_NODE_SECONDS = 0.25
+
+
 def _batch(data: list[dict[str, Any]] | None, run_one) -> list[str] | None:
     if data is None:  # the engine calls every function node once with no data when it loads
         return None
-    results = list(_POOL.map(lambda row: _guarded(run_one, row), data))
-    failures = [r for r in results if isinstance(r, Exception)]
-    if failures:
-        # the only way to refuse through the engine: fail the node; the message is the JSON error
-        raise RuntimeError(json.dumps(failures[0].body()))
-    return results
+    started = time.monotonic()
+    try:
+        results = list(_POOL.map(lambda row: _guarded(run_one, row), data))
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
+            # the only way to refuse through the engine: fail the node; the message is the JSON error
+            raise RuntimeError(json.dumps(failures[0].body()))
+        return results
+    finally:
+        time.sleep(max(0.0, MIN_NODE_SECONDS - (time.monotonic() - started)))
 
 
 def _guarded(run_one, row: dict[str, Any]):

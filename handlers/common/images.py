@@ -44,6 +44,12 @@ def decode_image(value: Any, limits: ImageLimits, field: str = "image") -> Image
         raise InputError(field, "is empty")
     try:
         image = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError:
+        # Pillow refuses, at open, a header declaring over 2 x Image.MAX_IMAGE_PIXELS (~179 Mpx): far
+        # over any limit here, so it is the same 413 as the size checks below (not an exception
+        # that fails the whole batch)
+        raise LimitError(field, f"declares a decompression-bomb size; the limit is {limits.max_side} pixels a side "
+                                f"and {limits.max_pixels} pixels", code=413) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise InputError(field, "is not a PNG or JPEG image") from None
     if image.format not in _ALLOWED_FORMATS:
