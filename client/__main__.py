@@ -112,15 +112,9 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         options = {k: v for k, v in {"seed": args.seed, "steps": args.steps, "width": args.width, "height": args.height,
                                      "negative_prompt": args.negative_prompt}.items() if v is not None}
         if args.stream:
-            result = None
-            for event in client.generate_stream(args.prompt, **options):
-                if "step" in event:
-                    _progress(f"denoising step {event['step']}/{event['steps']}")
-                else:
-                    result = event
-            print(file=sys.stderr)
+            result = _follow(client.generate_stream(args.prompt, **options), "step",
+                             lambda e: f"denoising step {e['step']}/{e['steps']}")
             if result is None:
-                print("error: the stream ended without a result", file=sys.stderr)
                 return 1
         else:
             result = client.generate(args.prompt, **options)
@@ -157,15 +151,9 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
                                      "seed": args.seed, "steps": args.steps, "width": args.width,
                                      "height": args.height}.items() if v is not None}
         if args.stream:
-            result = None
-            for event in client.pipeline_stream(prompt=args.prompt, image=args.image, **options):
-                if "stage" in event:
-                    _progress(f"stage {event['stage']} done")
-                else:
-                    result = event
-            print(file=sys.stderr)
+            result = _follow(client.pipeline_stream(prompt=args.prompt, image=args.image, **options), "stage",
+                             lambda e: f"stage {e['stage']} done")
             if result is None:
-                print("error: the stream ended without a result", file=sys.stderr)
                 return 1
         else:
             result = client.pipeline(prompt=args.prompt, image=args.image, workflow=args.workflow, **options)
@@ -179,6 +167,20 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         model = client.describe(args.model)
         print(f"{args.model}: {len(model['workers'])} workers (min {model['minWorkers']}, max {model['maxWorkers']})")
     return 0
+
+
+def _follow(events, progress_key: str, describe) -> dict | None:
+    """Show each progress event on one line; the stream's last event (the result), or None."""
+    result = None
+    for event in events:
+        if progress_key in event:
+            _progress(describe(event))
+        else:
+            result = event
+    print(file=sys.stderr)
+    if result is None:
+        print("error: the stream ended without a result", file=sys.stderr)
+    return result
 
 
 def _mkdir(path: Path) -> Path:

@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from harness import REPO, png_bytes, sample_image
+from workflows.connect import read_properties
 
 MODEL_NAMES = ("sd", "clip", "sam", "depth", "pose", "pipeline")
 
@@ -27,13 +28,7 @@ MODEL_NAMES = ("sd", "clip", "sam", "depth", "pose", "pipeline")
 
 def properties(path: Path = REPO / "config.properties") -> dict[str, str]:
     """config.properties as TorchServe reads it (key=value lines; # comments)."""
-    values = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
-    return values
+    return read_properties(path)
 
 
 def model_yaml(name: str) -> dict[str, Any]:
