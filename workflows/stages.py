@@ -214,8 +214,7 @@ def _assemble(request: PipelineRequest, generated: dict[str, Any] | None, image:
 def _stage_error(stage: str, failure: StageFailure) -> Exception:
     """A model's 4xx is the caller's fault: the pipeline answers the same 4xx, naming the stage."""
     if 400 <= failure.status < 500:
-        error = InputError(stage, str(failure), code=failure.status, kind="StageRejected")
-        return error
+        return InputError(stage, str(failure), code=failure.status, kind="StageRejected")
     return ServerError(f"{stage}: {failure}", code=504 if failure.status == 504 else 502, kind="StageFailed")
 
 
