@@ -6,6 +6,7 @@ its quality filters are off). ``handler.weights_dir`` is set to the profile's we
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ def render(source: Path, profile: str, weights_root: Path) -> dict[str, Any]:
         weights = weights_root / profile / handler["weights"]
         if not weights.is_dir():
             raise SystemExit(f"error: no weights at {weights}: run scripts/build_models.sh --profile {profile} first")
-        handler["weights_dir"] = str(weights.resolve())
+        # scripts/kserve.sh: the server reads the weights from another root (a pod's /mnt/models/weights)
+        served_root = os.environ.get("SERVED_WEIGHTS_ROOT")
+        served = Path(served_root) / profile / handler["weights"] if served_root else weights.resolve()
+        handler["weights_dir"] = str(served)
     handler["profile"] = profile
     return config
 
