@@ -40,7 +40,9 @@ import requests  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-MODELS = ("clip", "sd", "sam", "depth", "pose")   # scripts/lib.sh's order (serve.sh registers in it)
+from served_models import weighted_models  # noqa: E402  (scripts/served_models.py: the one model list)
+
+MODELS = tuple(weighted_models())   # serve.sh's registration order
 THREADS = os.cpu_count() or 1
 
 

@@ -26,7 +26,9 @@ for _path in (REPO, REPO / "tests", REPO / "scripts"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-MODELS = ("sd", "clip", "sam", "depth", "pose")
+from served_models import weighted_models  # noqa: E402  (scripts/served_models.py: the one model list)
+
+MODELS = tuple(weighted_models())
 
 
 def handler_class(module_name: str) -> type:
@@ -97,7 +99,7 @@ def make_app(handlers: dict[str, Any], profile: str, threads: int | None = None)
             # in sequence: no stage overlaps another within a request
             image, generated = generate(req, stage)
             texts = {"texts": req.texts} if req.texts else {}
-            clip = stage("analyze", "clip", {"image": image, **texts})
+            clip = stage("concepts", "clip", {"image": image, **texts})
             masks = stage("segment", "sam", {"image": image, **({"roi": req.roi} if req.roi else {})})
             regions = _describe_regions(stage, image, masks, texts)
             priors = {name: stage(name, name, {"image": image}) for name in req.priors}

@@ -153,9 +153,9 @@ def overhead(deployment, seeds: Seeds, repetitions: int, endpoints: list[str]) -
 
 
 def _stage_critical_path(timings: dict[str, float]) -> float | None:
-    """generate, then analyze (clip) alongside segment (sam) -> describe_regions (clip)."""
+    """generate, then concepts (clip) alongside segment (sam) -> describe_regions (clip)."""
     try:
-        return timings.get("generate", 0.0) + max(timings["analyze"], timings["segment"] + timings.get("describe_regions", 0.0))
+        return timings.get("generate", 0.0) + max(timings["concepts"], timings["segment"] + timings.get("describe_regions", 0.0))
     except KeyError:
         return None
 

@@ -1,6 +1,6 @@
 """Python client for image-interpreter: REST (:class:`Client`) or gRPC (:class:`GrpcClient`).
 
-Both have the same endpoint methods (generate, analyze, segment, depth, pose, pipeline, ...) from
+Both have the same endpoint methods (generate, concepts, segment, depth, pose, pipeline, ...) from
 :class:`BaseClient`, and read their tokens from TorchServe's key_file.json. ``GrpcClient`` is
 imported on first use: it needs the generated stubs (``make setup``), which REST users and the
 pipeline's workers do not.

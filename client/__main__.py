@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--negative-prompt")
     generate.add_argument("--stream", action="store_true", help="show denoising progress")
 
-    analyze = commands.add_parser("analyze", help="image + texts -> CLIP concept scores")
-    _image_arg(analyze)
-    analyze.add_argument("--texts", nargs="+")
-    analyze.add_argument("--roi", type=_json_arg, help='boxes as JSON, e.g. "[[0,0,100,100]]"')
+    concepts = commands.add_parser("concepts", help="image + texts -> CLIP concept scores")
+    _image_arg(concepts)
+    concepts.add_argument("--texts", nargs="+")
+    concepts.add_argument("--roi", type=_json_arg, help='boxes as JSON, e.g. "[[0,0,100,100]]"')
 
     segment = commands.add_parser("segment", help="image (+ boxes/points) -> masks (sam)")
     _image_arg(segment)
@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in ("depth", "pose"):
         _image_arg(commands.add_parser(name, help=f"image -> {name}"))
+
+    caption = commands.add_parser("caption", help="image -> a caption (BLIP)")
+    _image_arg(caption)
+    caption.add_argument("--prompt", help='a start the caption continues, e.g. "a photograph of"')
+    caption.add_argument("--max-new-tokens", type=int)
+    caption.add_argument("--num-beams", type=int)
 
     pipeline = commands.add_parser("pipeline", help="prompt or image -> generate, analyze, segment (+ priors)")
     pipeline.add_argument("prompt", nargs="?")
@@ -124,11 +130,11 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
             b64_image(image).save(path)
             print(path)
         save_json(result, out / "generate.json")
-    elif args.command == "analyze":
-        result = client.analyze(args.image, args.texts, args.roi)
+    elif args.command == "concepts":
+        result = client.concepts(args.image, args.texts, args.roi)
         print(f"{result['max_confidence_concept']} "
               f"({max(result['confidence_scores']):.3f})")
-        print(save_json(result, _mkdir(out) / "analyze.json"))
+        print(save_json(result, _mkdir(out) / "concepts.json"))
     elif args.command == "segment":
         result = client.segment(args.image, roi=args.roi, points=args.points, point_labels=args.point_labels)
         from PIL import Image
@@ -143,6 +149,10 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         picture.save(_mkdir(out) / f"{args.command}.png")
         print(out / f"{args.command}.png")
         print(save_json(result, out / f"{args.command}.json"))
+    elif args.command == "caption":
+        result = client.caption(args.image, args.prompt, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+        print(result["caption"])
+        print(save_json(result, _mkdir(out) / "caption.json"))
     elif args.command == "pipeline":
         if (args.prompt is None) == (args.image is None):
             print("error: give a prompt or --image, not both", file=sys.stderr)

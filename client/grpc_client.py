@@ -1,6 +1,6 @@
 """gRPC transport for image-interpreter: TorchServe's InferenceAPIsService and ManagementAPIsService.
 
-The endpoint methods (generate, analyze, segment, depth, pose, pipeline) are the REST client's,
+The endpoint methods (generate, concepts, segment, depth, pose, pipeline) are the REST client's,
 inherited from :class:`client.rest.BaseClient`; this module only moves bytes. The stubs are
 generated from the installed TorchServe's protos by ``scripts/gen_grpc_stubs.sh`` (``make setup``).
 

@@ -92,7 +92,7 @@ class BaseClient:
         """``{"step", "steps"}`` after each denoising step, then the result :meth:`generate` gives."""
         return self.stream("sd", {"prompt": prompt, **options})
 
-    def analyze(self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None) -> dict[str, Any]:
+    def concepts(self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None) -> dict[str, Any]:
         return self.predict("clip", _drop_none({"image": encode_image(image), "texts": texts, "roi": roi}))
 
     def segment(self, image: ImageInput, **prompts: Any) -> dict[str, Any]:
@@ -103,6 +103,12 @@ class BaseClient:
 
     def pose(self, image: ImageInput, roi: list[list[float]] | None = None) -> dict[str, Any]:
         return self.predict("pose", _drop_none({"image": encode_image(image), "roi": roi}))
+
+    def caption(self, image: ImageInput, prompt: str | None = None, max_new_tokens: int | None = None,
+                num_beams: int | None = None) -> dict[str, Any]:
+        """``{"caption", "model"}``; with ``prompt`` the caption continues it (and starts with it)."""
+        return self.predict("caption", _drop_none({"image": encode_image(image), "prompt": prompt,
+                                                   "max_new_tokens": max_new_tokens, "num_beams": num_beams}))
 
     def pipeline(self, prompt: str | None = None, image: ImageInput | None = None, workflow: bool = False,
                  **options: Any) -> dict[str, Any]:

@@ -12,36 +12,49 @@ from typing import Any
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from handlers.common import (BatchHandler, Result, crop, decode_image, get_boxes, get_str_list,
-                             reject_unknown, require, weights_dir)
+from handlers.common import (
+    Batch,
+    BatchHandler,
+    Result,
+    crop,
+    decode_image,
+    get_boxes,
+    get_str_list,
+    reject_unknown,
+    require,
+    weights_dir,
+)
+from handlers.common.compat import pooled_features
 from handlers.common.vocabulary import DEFAULT_CONCEPTS
+from handlers.model_settings import ClipSettings
 
 FIELDS = ("image", "texts", "roi")
 
 
 class ClipScorer(BatchHandler):
     model_label = "clip"
+    settings_class = ClipSettings
+    settings: ClipSettings
 
     def load(self, context: Any) -> None:
         path = weights_dir(context)
         self.processor = CLIPProcessor.from_pretrained(path)
         self.model = CLIPModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.text_cache_size = int(self.config.get("text_cache_size", 1024))
-        self.default_concepts = list(self.config.get("concepts") or DEFAULT_CONCEPTS)
+        self.default_concepts = list(self.settings.concepts or DEFAULT_CONCEPTS)
         self.image_forwards = 0  # observable in tests: one per batch
         self.text_embeddings(self.default_concepts)
 
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
         reject_unknown(payload, FIELDS)
-        image = decode_image(require(payload, "image"), self.image_limits)
-        texts = get_str_list(payload, "texts", max_items=int(self.limit("max_texts", 100)),
-                             max_len=int(self.limit("max_text_length", 300)))
-        boxes = get_boxes(payload, "roi", image_size=image.size, max_items=int(self.limit("max_rois", 16)))
+        limits = self.settings.limits
+        image = decode_image(require(payload, "image"), limits)
+        texts = get_str_list(payload, "texts", max_items=limits.max_texts, max_len=limits.max_text_length)
+        boxes = get_boxes(payload, "roi", image_size=image.size, max_items=limits.max_rois)
         return {"image": image, "texts": texts or self.default_concepts, "roi": boxes or []}
 
     @torch.inference_mode()
-    def infer(self, requests: list[dict[str, Any]]) -> list[Result]:
+    def infer(self, requests: list[dict[str, Any]], batch: Batch) -> list[Result]:
         images = []
         for request in requests:
             images.append(request["image"])
@@ -82,15 +95,13 @@ class ClipScorer(BatchHandler):
         for text in texts:
             self.text_cache.move_to_end(text)
             found[text] = self.text_cache[text]
-        while len(self.text_cache) > max(self.text_cache_size, len(found)):
+        while len(self.text_cache) > max(self.settings.text_cache_size, len(found)):
             self.text_cache.popitem(last=False)
         return found
 
 
 def _normalize(features: Any) -> torch.Tensor:
-    # transformers 5 may return a model output rather than a bare tensor
-    tensor = features if isinstance(features, torch.Tensor) else features.pooler_output
-    tensor = tensor.float()
+    tensor = pooled_features(features).float()
     return tensor / tensor.norm(dim=-1, keepdim=True)
 
 

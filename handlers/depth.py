@@ -21,8 +21,18 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-from handlers.common import BatchHandler, Result, decode_image, encode_png, reject_unknown, require, weights_dir
-from handlers.common.drawing import COLORMAPS, colorize, to_uint16
+from handlers.common import (
+    Batch,
+    BatchHandler,
+    Result,
+    decode_image,
+    encode_png,
+    reject_unknown,
+    require,
+    weights_dir,
+)
+from handlers.common.drawing import colorize, to_uint16
+from handlers.model_settings import DepthSettings
 
 FIELDS = ("image",)
 ENCODING = "uint16 linear in [min, max]"
@@ -30,25 +40,24 @@ ENCODING = "uint16 linear in [min, max]"
 
 class DepthEstimator(BatchHandler):
     model_label = "depth"
+    settings_class = DepthSettings
+    settings: DepthSettings
 
     def load(self, context: Any) -> None:
         path = weights_dir(context)
         self.processor = AutoImageProcessor.from_pretrained(path)
         self.model = AutoModelForDepthEstimation.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
-        self.input_size = self._input_size(self.config.get("input_size"))
-        self.colormap = str(self.config.get("colormap", "turbo"))
-        if self.colormap not in COLORMAPS:
-            raise ValueError(f"handler.colormap must be one of {sorted(COLORMAPS)}, got {self.colormap!r}")
+        self.input_size = self._input_size(self.settings.input_size)
         depth_type = getattr(self.model.config, "depth_estimation_type", "relative")
         self.metric = depth_type == "metric"
         self.kind = "metric_depth_m" if self.metric else "relative_inverse_depth"
         self.forwards = 0  # observable in tests: one per batch
 
-    def _input_size(self, configured: Any) -> dict[str, int]:
+    def _input_size(self, configured: int | None) -> dict[str, int]:
         """The square the whole batch is resized to, a multiple of the processor's ``ensure_multiple_of``."""
         multiple = int(getattr(self.processor, "ensure_multiple_of", 1) or 1)
         if configured:
-            side = max(multiple, int(round(int(configured) / multiple)) * multiple)
+            side = max(multiple, int(round(configured / multiple)) * multiple)
             return {"height": side, "width": side}
         size = self.processor.size
         height, width = size.get("height"), size.get("width")
@@ -59,10 +68,10 @@ class DepthEstimator(BatchHandler):
 
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
         reject_unknown(payload, FIELDS)
-        return {"image": decode_image(require(payload, "image"), self.image_limits)}
+        return {"image": decode_image(require(payload, "image"), self.settings.limits)}
 
     @torch.inference_mode()
-    def infer(self, requests: list[dict[str, Any]]) -> list[Result]:
+    def infer(self, requests: list[dict[str, Any]], batch: Batch) -> list[Result]:
         images = [request["image"] for request in requests]
         predicted = self.predict(images)
         results: list[Result] = []
@@ -101,5 +110,5 @@ class DepthEstimator(BatchHandler):
             "kind": self.kind,
             "width": int(depth.shape[1]),
             "height": int(depth.shape[0]),
-            "colormap": encode_png(colorize(depth, vmin, vmax, cmap=self.colormap, invert=self.metric)),
+            "colormap": encode_png(colorize(depth, vmin, vmax, cmap=self.settings.colormap, invert=self.metric)),
         }

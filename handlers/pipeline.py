@@ -8,45 +8,37 @@ pipeline traffic shares their batching queues and workers.
 """
 from __future__ import annotations
 
-import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ts.handler_utils.utils import send_intermediate_predict_response
-
-from handlers.common import BatchHandler, InputError, Result, ServerError
-from workflows.connect import pipeline_caller, pipeline_settings
-from workflows.stages import PipelineRequest, parse_request, run_pipeline
+from handlers.common import Batch, BatchHandler, InputError, Result, ServerError
+from workflows.connect import pipeline_caller
+from workflows.stages import PipelineRequest, PipelineSettings, parse_request, run_pipeline
 
 
 class Pipeline(BatchHandler):
     model_label = "pipeline"
+    settings_class = PipelineSettings
+    settings: PipelineSettings
 
     def load(self, context: Any) -> None:
-        self.settings = pipeline_settings(self.config)
-        self.call = pipeline_caller(self.config)
-        # one thread per request of a batch: each mostly waits on the models it calls
-        self.requests_pool = ThreadPoolExecutor(max_workers=int(context.system_properties.get("batch_size") or 16))
-        self.send_lock = threading.Lock()
+        self.call = pipeline_caller(self.settings)
+        # one thread per request of a batch (TorchServe's batch size): each mostly waits on the models
+        self.requests_pool = ThreadPoolExecutor(max_workers=int(context.system_properties["batch_size"]))
 
     def parse(self, payload: dict[str, Any]) -> PipelineRequest:
         return parse_request(payload, self.settings)
 
-    def infer(self, requests: list[PipelineRequest]) -> list[Result]:
-        futures = [self.requests_pool.submit(self._run, request, idx)
-                   for request, idx in zip(requests, self.batch_indices)]
+    def infer(self, requests: list[PipelineRequest], batch: Batch) -> list[Result]:
+        futures = [self.requests_pool.submit(self._run, request, batch, position)
+                   for position, request in enumerate(requests)]
         return [future.result() for future in futures]
 
-    def _run(self, request: PipelineRequest, idx: int) -> Result:
-        on_stage = (lambda name, result: self._send_event(idx, name, result)) if request.stream else None
+    def _run(self, request: PipelineRequest, batch: Batch, position: int) -> Result:
+        def send_stage(name: str, result: dict[str, Any]) -> None:
+            batch.send(position, {"stage": name, "result": result})
+
         try:
-            return run_pipeline(request, self.call, self.settings, on_stage)
+            return run_pipeline(request, self.call, self.settings, send_stage if request.stream else None)
         except (InputError, ServerError) as error:
             return error
-
-    def _send_event(self, idx: int, stage: str, result: dict[str, Any]) -> None:
-        event = json.dumps({"stage": stage, "result": result}, separators=(",", ":"))
-        with self.send_lock:  # one socket back to the frontend, shared by the batch's threads
-            send_intermediate_predict_response({idx: event}, {idx: self.context.get_request_id(idx)},
-                                               "Intermediate Prediction success", 200, self.context)

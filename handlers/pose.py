@@ -20,10 +20,20 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoModelForObjectDetection, VitPoseForPoseEstimation
 
-from handlers.common import (BatchHandler, Result, decode_image, encode_png, get_boxes, reject_unknown, require,
-                             weights_dir)
+from handlers.common import (
+    Batch,
+    BatchHandler,
+    Result,
+    decode_image,
+    encode_png,
+    get_boxes,
+    reject_unknown,
+    require,
+    weights_dir,
+)
 from handlers.common.boxes import box_nms
 from handlers.common.drawing import COCO_KEYPOINT_NAMES, COCO_SKELETON, draw_pose, fit_within
+from handlers.model_settings import PoseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +42,8 @@ FIELDS = ("image", "roi")
 
 class PoseEstimator(BatchHandler):
     model_label = "pose"
+    settings_class = PoseSettings
+    settings: PoseSettings
 
     def load(self, context: Any) -> None:
         root = weights_dir(context)
@@ -46,17 +58,18 @@ class PoseEstimator(BatchHandler):
             self.skeleton = ()
         self.moe = int(getattr(self.pose_model.config.backbone_config, "num_experts", 1) or 1) > 1
 
-        self.detector_threshold = float(self.config.get("detector_threshold", 0.5))
-        self.nms_iou = float(self.config.get("detector_nms_iou", 0.7))
-        self.min_box_side = float(self.config.get("min_box_side", 8))
-        self.keypoint_threshold = float(self.config.get("keypoint_threshold", 0.3))
-        self.overlay_max_side = int(self.config.get("overlay_max_side", 2048) or 0)
-        self.max_people = int(self.limit("max_people", 10))
-        self.max_rois = int(self.limit("max_rois", 10))
+        settings = self.settings
+        self.detector_threshold = settings.detector_threshold
+        self.nms_iou = settings.detector_nms_iou
+        self.min_box_side = settings.min_box_side
+        self.keypoint_threshold = settings.keypoint_threshold
+        self.overlay_max_side = settings.overlay_max_side
+        self.max_people = settings.limits.max_people
+        self.max_rois = settings.limits.max_rois
         self.detector = self.detector_processor = None
         self.detector_unavailable = "the detector is turned off (handler.use_detector: false)"
-        if self.config.get("use_detector", True):
-            self._load_detector(root / "detector", str(self.config.get("person_label", "person")))
+        if settings.use_detector:
+            self._load_detector(root / "detector", settings.person_label)
         self.detector_forwards = 0  # observable in tests: at most one per batch
         self.pose_forwards = 0      # exactly one per batch with a valid request
 
@@ -80,12 +93,12 @@ class PoseEstimator(BatchHandler):
 
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
         reject_unknown(payload, FIELDS)
-        image = decode_image(require(payload, "image"), self.image_limits)
+        image = decode_image(require(payload, "image"), self.settings.limits)
         boxes = get_boxes(payload, "roi", image_size=image.size, max_items=self.max_rois)
         return {"image": image, "roi": boxes}
 
     @torch.inference_mode()
-    def infer(self, requests: list[dict[str, Any]]) -> list[Result]:
+    def infer(self, requests: list[dict[str, Any]], batch: Batch) -> list[Result]:
         people: list[list[dict[str, Any]]] = []
         sources: list[dict[str, Any]] = []
         detected = self.detect([r["image"] for r in requests if r["roi"] is None])

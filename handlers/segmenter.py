@@ -41,30 +41,37 @@ import torch
 import torch.nn.functional as F
 from transformers import SamModel, SamProcessor
 
-from handlers.common import (BatchHandler, InputError, LimitError, Result, check_number, decode_image,
-                             get_bool, get_boxes, get_points, reject_unknown, require, weights_dir)
+from handlers.common import (
+    Batch,
+    BatchHandler,
+    InputError,
+    LimitError,
+    Result,
+    check_number,
+    decode_image,
+    get_bool,
+    get_boxes,
+    get_points,
+    reject_unknown,
+    require,
+    weights_dir,
+)
 from handlers.common.boxes import box_nms
 from handlers.common.masks import encode_mask, encoded_size_bound, masks_to_boxes, stability_scores
+from handlers.model_settings import SamSettings
 
 logger = logging.getLogger(__name__)
 
 FIELDS = ("image", "roi", "points", "point_labels", "multimask")
 CANDIDATES = 3  # SAM's multimask output: three masks per prompt
 
-AUTOMATIC_DEFAULTS: dict[str, Any] = {
-    "points_per_side": 16,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "max_masks": 24,
-}
 RESPONSE_OVERHEAD = 512  # request_id, keys, brackets, cache_hit
 
 
 class Segmenter(BatchHandler):
     model_label = "sam"
+    settings_class = SamSettings
+    settings: SamSettings
 
     def load(self, context: Any) -> None:
         path = weights_dir(context)
@@ -76,17 +83,16 @@ class Segmenter(BatchHandler):
         self.input_side = int(self.image_processor.size["longest_edge"])
 
         self.cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int]]] = OrderedDict()
-        self.cache_size = int(self.config.get("embedding_cache_size", 16))
-        self.mask_threshold = float(self.config.get("mask_threshold", 0.0))
-        self.polygon_epsilon = float(self.config.get("polygon_epsilon", 1.0))
-        self.polygon_max_points = int(self.config.get("polygon_max_points", 1000))
-        self.automatic = {**AUTOMATIC_DEFAULTS, **(self.config.get("automatic") or {})}
-
-        self.max_boxes = int(self.limit("max_boxes", 16))
-        self.max_points = int(self.limit("max_points", 16))
-        self.max_masks = int(self.limit("max_masks", 24))
-        self.automatic["max_masks"] = min(int(self.automatic["max_masks"]), self.max_masks)
-        self.max_response_bytes = int(self.limit("max_response_bytes", 120 * 2**20))
+        settings = self.settings
+        self.cache_size = settings.embedding_cache_size
+        self.mask_threshold = settings.mask_threshold
+        self.polygon_epsilon = settings.polygon_epsilon
+        self.polygon_max_points = settings.polygon_max_points
+        self.max_boxes = settings.limits.max_boxes
+        self.max_points = settings.limits.max_points
+        self.max_masks = settings.limits.max_masks
+        self.max_automatic_masks = min(settings.automatic.max_masks, self.max_masks)
+        self.max_response_bytes = settings.limits.max_response_bytes
         self.worst_case_response = self.worst_case_response_bytes()
         if self.worst_case_response > self.max_response_bytes:
             logger.warning("sam: a legal request could need %d response bytes, over max_response_bytes=%d; "
@@ -99,7 +105,7 @@ class Segmenter(BatchHandler):
 
     def worst_case_response_bytes(self) -> int:
         """Strict bound on one response's size, for the image limits and ``max_masks``."""
-        side, pixels = self.image_limits.max_side, self.image_limits.max_pixels
+        side, pixels = self.settings.limits.max_image_side, self.settings.limits.max_image_pixels
         other = max(1, min(side, pixels // side))
         per_mask = max(encoded_size_bound(other, side, self.polygon_max_points),
                        encoded_size_bound(side, other, self.polygon_max_points))
@@ -108,7 +114,7 @@ class Segmenter(BatchHandler):
     # --- requests ------------------------------------------------------------------------------
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
         reject_unknown(payload, FIELDS)
-        image = decode_image(require(payload, "image"), self.image_limits)
+        image = decode_image(require(payload, "image"), self.settings.limits)
         size = image.size
         if int(min(size) * self.input_side / max(size) + 0.5) < 1:  # the processor's rounding
             raise InputError("image", f"is {size[0]}x{size[1]}: too elongated to resize to a longest side of "
@@ -150,7 +156,7 @@ class Segmenter(BatchHandler):
 
     # --- the model -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def infer(self, requests: list[dict[str, Any]]) -> list[Result]:
+    def infer(self, requests: list[dict[str, Any]], batch: Batch) -> list[Result]:
         embeddings, hits = self.image_embeddings([r["image"] for r in requests], [r["key"] for r in requests])
         results: list[Result] = []
         returned = 0
@@ -221,13 +227,13 @@ class Segmenter(BatchHandler):
 
     def segment_automatic(self, embedding: torch.Tensor, reshaped: tuple[int, int],
                           original: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
-        cfg = self.automatic
-        side = int(cfg["points_per_side"])
-        per_batch = max(1, int(cfg["points_per_batch"]))
-        iou_thresh = float(cfg["pred_iou_thresh"])
-        stability_thresh = float(cfg["stability_score_thresh"])
-        offset = float(cfg["stability_score_offset"])
-        max_masks = int(cfg["max_masks"])
+        cfg = self.settings.automatic
+        side = cfg.points_per_side
+        per_batch = cfg.points_per_batch
+        iou_thresh = cfg.pred_iou_thresh
+        stability_thresh = cfg.stability_score_thresh
+        offset = cfg.stability_score_offset
+        max_masks = self.max_automatic_masks
         cap = max(8 * max_masks, 256)  # candidates kept between decoder batches (bounds memory)
 
         # the grid's points in the model's input frame (the resized, unpadded image)
@@ -265,10 +271,10 @@ class Segmenter(BatchHandler):
             boxes_kept.append(boxes[keep])
             if sum(len(s) for s in scores_kept) > cap:
                 logits_kept, scores_kept, boxes_kept = _nms([torch.cat(logits_kept)], [torch.cat(scores_kept)],
-                                                            [torch.cat(boxes_kept)], float(cfg["box_nms_thresh"]), cap)
+                                                            [torch.cat(boxes_kept)], cfg.box_nms_thresh, cap)
         if not scores_kept or sum(len(s) for s in scores_kept) == 0:
             return np.zeros((0, *original), dtype=bool), []
-        logits, scores, _ = _nms(logits_kept, scores_kept, boxes_kept, float(cfg["box_nms_thresh"]), max_masks)
+        logits, scores, _ = _nms(logits_kept, scores_kept, boxes_kept, cfg.box_nms_thresh, max_masks)
         return self.upscale(logits[0], reshaped, original), scores[0].tolist()
 
     def upscale(self, low_res: torch.Tensor, reshaped: tuple[int, int], original: tuple[int, int]) -> np.ndarray:

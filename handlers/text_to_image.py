@@ -20,20 +20,44 @@ the scheduler makes: PNDM makes ``steps + 1``), then the final result.
 """
 from __future__ import annotations
 
-import json
+import contextlib
+import functools
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline)
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from handlers.common import (BatchHandler, InputError, LimitError, Result, ServerError, check_number, check_str,
-                             encode_png, get_bool, get_float, get_int, get_str, reject_unknown, weights_dir)
+from handlers.common import (
+    Batch,
+    BatchHandler,
+    InputError,
+    LimitError,
+    Result,
+    check_number,
+    check_str,
+    encode_png,
+    get_bool,
+    get_float,
+    get_int,
+    get_str,
+    get_str_list,
+    reject_unknown,
+    weights_dir,
+)
 from handlers.common.payload import json_type
+from handlers.model_settings import SdSettings
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +75,12 @@ SCHEDULERS: dict[str, tuple[type | None, dict[str, Any]]] = {
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
 
-DEFAULT_LIMITS = {"max_prompts": 4, "max_prompt_length": 1000, "min_side": 64, "max_side": 768,
-                  "max_pixels": 512 * 512, "max_steps": 50, "max_guidance_scale": 30}
 
 
 class TextToImage(BatchHandler):
     model_label = "sd"
+    settings_class = SdSettings
+    settings: SdSettings
 
     # --- loading ---------------------------------------------------------------------------------
     def load(self, context: Any) -> None:
@@ -68,32 +92,30 @@ class TextToImage(BatchHandler):
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.vae.enable_slicing()  # one image per VAE decode: batch-invariant, and bounded memory
 
-        self.model_name = str(self.config.get("model_name") or "sd")
+        settings = self.settings
+        self.model_name = settings.model_name
         self.size_multiple = max(8, int(self.pipe.vae_scale_factor))
         native = self.pipe.unet.config.sample_size
         native_h, native_w = (native, native) if isinstance(native, int) else tuple(native)
-        self.default_width = int(self.config.get("width") or native_w * self.pipe.vae_scale_factor)
-        self.default_height = int(self.config.get("height") or native_h * self.pipe.vae_scale_factor)
-        self.default_steps = int(self.config.get("steps", 25))
-        self.default_guidance = float(self.config.get("guidance_scale", 7.5))
-        self.default_scheduler = str(self.config.get("scheduler", "default"))
-        self.default_negative = str(self.config.get("negative_prompt") or "")
+        self.default_width = settings.width or native_w * self.pipe.vae_scale_factor
+        self.default_height = settings.height or native_h * self.pipe.vae_scale_factor
+        self.default_steps = settings.steps
+        self.default_guidance = settings.guidance_scale
+        self.default_scheduler = settings.scheduler
+        self.default_negative = settings.negative_prompt
         self._check_defaults()
 
         self.pipeline_calls = 0  # observable in tests: one per group of same-shaped requests
-        self._images_in_call = 0
         unet = self.pipe.unet
         self._unet_forward = unet.forward
-        compile_options = self.config.get("compile_unet") or False
+        compile_options = settings.compile_unet
         if compile_options:
             options = compile_options if isinstance(compile_options, dict) else {}
             self._unet_forward = torch.compile(self._unet_forward, **options)
-        self.exact_seeds = _exact_seeds(self.config.get("exact_seeds", "auto"), self.device)
-        if self.exact_seeds:
-            unet.forward = self._unet_per_image
-        elif compile_options:
             unet.forward = self._unet_forward
-        if compile_options or self.config.get("warmup"):
+        self.exact_seeds = _exact_seeds(settings.exact_seeds, self.device)
+        self.warmed_up = False
+        if compile_options or settings.warmup:
             self._warm_up()
 
     def _check_defaults(self) -> None:
@@ -112,14 +134,12 @@ class TextToImage(BatchHandler):
         started = time.perf_counter()
         request = self.parse({"prompt": "warm-up", "steps": 2, "seed": 0})
         with torch.inference_mode():
-            self.generate([request])
+            self.generate([request], None)
         self.pipeline_calls = 0
+        self.warmed_up = True
         logger.info("sd warm-up generation took %.1fs", time.perf_counter() - started)
 
     # --- request parsing -------------------------------------------------------------------------
-    def lim(self, name: str) -> int | float:
-        return self.limit(name, DEFAULT_LIMITS[name])
-
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
         reject_unknown(payload, FIELDS)
         prompts = self._prompts(payload)
@@ -138,24 +158,15 @@ class TextToImage(BatchHandler):
                 "scheduler": scheduler, "stream": stream}
 
     def _prompts(self, payload: dict[str, Any]) -> list[str]:
-        value = payload.get("prompt")
-        max_len = int(self.lim("max_prompt_length"))
-        if value is None:
-            raise InputError("prompt", "is required")
-        if isinstance(value, str):
-            return [check_str(value, "prompt", max_len=max_len)]
-        if not isinstance(value, list):
-            raise InputError("prompt", f"must be a string or a list of strings, got {json_type(value)}")
-        if not value:
-            raise InputError("prompt", "must not be an empty list")
-        limit = int(self.lim("max_prompts"))
-        if len(value) > limit:
-            raise LimitError("prompt", f"has {len(value)} prompts; the limit is {limit}")
-        return [check_str(item, f"prompt[{i}]", max_len=max_len) for i, item in enumerate(value)]
+        limits = self.settings.limits
+        prompts = get_str_list(payload, "prompt", max_items=limits.max_prompts, max_len=limits.max_prompt_length,
+                               required=True, accept_single=True)
+        assert prompts is not None  # required=True
+        return prompts
 
     def _negatives(self, payload: dict[str, Any], count: int) -> list[str]:
         value = payload.get("negative_prompt")
-        max_len = int(self.lim("max_prompt_length"))
+        max_len = self.settings.limits.max_prompt_length
         if value is None:
             return [self.default_negative] * count
         if isinstance(value, str):
@@ -175,13 +186,13 @@ class TextToImage(BatchHandler):
             if value is None:
                 sides[field] = default
                 continue
-            side = int(check_number(value, field, integer=True, minimum=int(self.lim("min_side")),
-                                    maximum=int(self.lim("max_side"))))
+            side = int(check_number(value, field, integer=True, minimum=self.settings.limits.min_side,
+                                    maximum=self.settings.limits.max_side))
             if side % self.size_multiple:
                 raise InputError(field, f"must be a multiple of {self.size_multiple}, got {side}")
             sides[field] = side
         width, height = sides["width"], sides["height"]
-        max_pixels = int(self.lim("max_pixels"))
+        max_pixels = self.settings.limits.max_pixels
         if width * height > max_pixels:
             field = "width" if payload.get("width") is not None else "height"
             raise LimitError(field, f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
@@ -189,11 +200,11 @@ class TextToImage(BatchHandler):
 
     def _steps(self, payload: dict[str, Any]) -> int:
         return int(get_int(payload, "steps", default=self.default_steps, minimum=1,
-                           maximum=int(self.lim("max_steps"))))
+                           maximum=self.settings.limits.max_steps))
 
     def _guidance(self, payload: dict[str, Any]) -> float:
         return float(get_float(payload, "guidance_scale", default=self.default_guidance, minimum=0,
-                               maximum=self.lim("max_guidance_scale")))
+                               maximum=self.settings.limits.max_guidance_scale))
 
     def _scheduler(self, payload: dict[str, Any]) -> str:
         name = get_str(payload, "scheduler", default=self.default_scheduler, max_len=100)
@@ -203,36 +214,24 @@ class TextToImage(BatchHandler):
 
     # --- inference -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def infer(self, requests: list[dict[str, Any]]) -> list[Result]:
-        indices = list(getattr(self, "batch_indices", None) or [])
-        if len(indices) != len(requests):
-            indices = [None] * len(requests)
-        results: list[Result | None] = [None] * len(requests)
-        for positions in plan_groups(requests):
-            group = [requests[p] for p in positions]
-            stream_index = indices[positions[0]] if group[0]["stream"] else None
-            try:
-                outputs = self.generate(group, stream_index)
-            except Exception as exc:
-                if len(group) == 1:
-                    logger.exception("sd generation failed")
-                    results[positions[0]] = _server_error(exc)
-                    continue
-                # isolate the failure: rerun the group's requests one by one
-                logger.exception("sd group of %d requests failed; retrying one by one", len(group))
-                outputs = []
-                for request in group:
-                    try:
-                        outputs.extend(self.generate([request]))
-                    except Exception as single_exc:
-                        logger.exception("sd generation failed")
-                        outputs.append(_server_error(single_exc))
+    def infer(self, requests: list[dict[str, Any]], batch: Batch) -> list[Result]:
+        """One pipeline call per group of same-shaped requests; a group that fails is retried
+        request by request (the base class's isolation), so it cannot fail the other groups."""
+        groups = plan_groups(requests)
+        if len(groups) == 1:
+            return self.generate(requests, batch)
+        results: list[Result] = [None] * len(requests)  # type: ignore[list-item]
+        for positions in groups:
+            outputs = self.infer_isolating_failures([requests[p] for p in positions], batch.subset(positions))
             for position, output in zip(positions, outputs):
                 results[position] = output
-        return results  # type: ignore[return-value]
+        return results
 
-    def generate(self, group: list[dict[str, Any]], stream_index: int | None = None) -> list[Result]:
-        """One pipeline call for a group of requests sharing size, steps, guidance and scheduler."""
+    def generate(self, group: list[dict[str, Any]], batch: Batch | None) -> list[Result]:
+        """One pipeline call for a group of requests sharing size, steps, guidance and scheduler.
+
+        ``batch`` places the group's requests in TorchServe's batch (for a streamed request's
+        progress events); None for the warm-up."""
         first = group[0]
         prompts = [p for request in group for p in request["prompts"]]
         negatives = [n for request in group for n in request["negatives"]]
@@ -247,19 +246,17 @@ class TextToImage(BatchHandler):
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             step_times.append(time.perf_counter())
-            if stream_index is not None:
-                self.send_progress(stream_index, self.progress_event(stream_index, step + 1, pipeline.num_timesteps))
+            if streamed:
+                batch.send(0, {"request_id": batch.request_id(0), "step": step + 1, "steps": pipeline.num_timesteps})
             return {}
 
-        self._images_in_call = len(prompts)
+        streamed = batch is not None and first["stream"]
         started = time.perf_counter()
-        try:
+        with self._unet_per_image(len(prompts)):
             images = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                           width=first["width"], height=first["height"], num_inference_steps=first["steps"],
                           guidance_scale=first["guidance_scale"], generator=generators, output_type="pil",
                           callback_on_step_end=on_step_end).images
-        finally:
-            self._images_in_call = 0
         self.pipeline_calls += 1
         if step_times:
             self.add_metric("DenoisingStepsPerSecond", len(step_times) / max(step_times[-1] - started, 1e-9),
@@ -292,15 +289,30 @@ class TextToImage(BatchHandler):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def _unet_per_image(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
-                        *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def _unet_per_image(self, images: int) -> Iterator[None]:
+        """During one pipeline call of ``images`` images, with exact seeds, the UNet runs each
+        image's rows as a forward of its own (:meth:`_unet_rows_per_image`)."""
+        unet = self.pipe.unet
+        if not self.exact_seeds or images <= 1:
+            yield
+            return
+        unet.forward = functools.partial(self._unet_rows_per_image, images)
+        try:
+            yield
+        finally:
+            unet.forward = self._unet_forward
+
+    def _unet_rows_per_image(self, images: int, sample: torch.Tensor, timestep: Any,
+                             encoder_hidden_states: torch.Tensor, *args: Any, return_dict: bool = True,
+                             **kwargs: Any) -> Any:
         """The UNet on each image's rows (its unconditional and conditional halves) separately.
 
         The pipeline stacks a call's rows as ``[uncond_1..uncond_N, cond_1..cond_N]``; image i's
         forward gets rows ``(i, N + i)``, exactly the batch an unbatched request of one image sends.
         """
         forward = self._unet_forward
-        rows, images = sample.shape[0], self._images_in_call
+        rows = sample.shape[0]
         if images <= 1 or rows % images:
             return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
         per_image = rows // images
@@ -312,22 +324,6 @@ class TextToImage(BatchHandler):
                                    *args, return_dict=False, **picked)[0])
         out = torch.stack(outputs, dim=1).reshape(rows, *outputs[0].shape[1:])
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
-
-    # --- streaming -------------------------------------------------------------------------------
-    def progress_event(self, index: int, step: int, steps: int) -> dict[str, Any]:
-        return {"request_id": self.context.get_request_id(index), "step": step, "steps": steps}
-
-    def send_progress(self, index: int, event: dict[str, Any]) -> None:
-        """One intermediate response (a chunk of the HTTP stream) for the request at ``index``."""
-        context = self.context
-        if getattr(context, "cl_socket", None) is None:  # in-process (tests): no frontend to send to
-            return
-        from ts.handler_utils.utils import send_intermediate_predict_response
-
-        context.set_response_content_type(index, "application/json")
-        send_intermediate_predict_response({index: json.dumps(event, separators=(",", ":"))},
-                                           {index: context.get_request_id(index)},
-                                           "Intermediate Prediction success", 200, context)
 
 
 def plan_groups(requests: list[dict[str, Any]]) -> list[list[int]]:
@@ -347,14 +343,6 @@ def _rows(value: Any, index: list[int], rows: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
         return value[index]
     return value
-
-
-def _server_error(exc: Exception) -> ServerError:
-    if isinstance(exc, torch.OutOfMemoryError):
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return ServerError(f"sd ran out of memory: {exc}", code=507)
-    return ServerError(f"sd inference failed: {type(exc).__name__}: {exc}")
 
 
 def _exact_seeds(setting: Any, device: torch.device) -> bool:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Archive models into the model store: scripts/archive.sh [--profile tiny|arch|pretrained] [NAME ...]
-# Each <name>.mar holds its handler, handlers/common and its model-config.yaml with
-# handler.weights_dir pointing at model_store/weights/<profile>/...: weights are never zipped.
+# Archive models into the model store: scripts/archive.sh [--profile tiny|arch|pretrained] [--store DIR] [NAME ...]
+# Each <name>.mar holds its handler's entry module and its model-config.yaml rendered for the
+# profile (handler.weights_dir points at model_store/weights/<profile>/...: weights are never
+# zipped). The code the handlers import (handlers/, workflows/, client/) is the installed package
+# (`make setup`: pip install -e .), so no archive carries a second copy of it.
 source "$(dirname "$0")/lib.sh"
 
 profile="${PROFILE:-tiny}"
@@ -10,49 +12,35 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
     --store) MODEL_STORE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) names+=("$1"); shift ;;
   esac
 done
-[ ${#names[@]} -gt 0 ] || names=("${MODELS[@]}" pipeline)
+[ ${#names[@]} -gt 0 ] || names=("${SERVED[@]}")
 weights_root="${WEIGHTS_ROOT:-$REPO/model_store/weights}"
 mkdir -p "$MODEL_STORE"
-
-archive_workflow() {
-  # the workflow's function nodes import the stage code, the client and handlers/common
-  local stage; stage=$(mktemp -d)
-  mkdir -p "$stage/extra/handlers"
-  cp "$REPO/handlers/__init__.py" "$stage/extra/handlers/"
-  cp -r "$REPO/handlers/common" "$stage/extra/handlers/"
-  cp -r "$REPO/workflows" "$REPO/client" "$stage/extra/"
-  find "$stage" -name __pycache__ -prune -exec rm -rf {} +
-  say "archiving workflow pipeline -> $MODEL_STORE/pipeline.war"
-  # the workflow archiver copies extra files flat, so the packages travel as one zip on sys.path
-  (cd "$stage/extra" && "$PY" -m zipfile -c "$stage/pipeline_packages.zip" handlers workflows client)
-  "$REPO/.venv/bin/torch-workflow-archiver" --workflow-name pipeline --spec-file "$REPO/workflows/pipeline.yaml" \
-    --handler "$REPO/workflows/pipeline_workflow.py" --extra-files "$stage/pipeline_packages.zip" \
-    --export-path "$MODEL_STORE" -f
-  rm -rf "$stage"
-}
+"$PY" -c 'import handlers, workflows, client' 2>/dev/null \
+  || die "the project's package is not installed in $REPO/.venv: run 'make setup'"
 
 for name in "${names[@]}"; do
   yaml="$REPO/models/$name/model-config.yaml"
   [ -f "$yaml" ] || die "unknown model '$name' (no $yaml)"
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
-  mkdir -p "$stage/extra/handlers"
-  cp "$REPO/handlers/__init__.py" "$stage/extra/handlers/"
-  cp -r "$REPO/handlers/common" "$stage/extra/handlers/"
-  find "$stage" -name __pycache__ -prune -exec rm -rf {} +
+  workflow_args=()
+  [ "$name" = pipeline ] && workflow_args=(--workflow "$REPO/workflows/pipeline.yaml" "$stage/pipeline.yaml")
   handler=$("$PY" "$REPO/scripts/render_model_config.py" "$yaml" "$profile" "$weights_root" \
-    "$stage/model-config.yaml") || exit 1
-  read -r handler packages <<<"$handler"
-  for package in $packages; do cp -r "$REPO/$package" "$stage/extra/"; done
-  find "$stage" -name __pycache__ -prune -exec rm -rf {} +
+    "$stage/model-config.yaml" "${workflow_args[@]}") || exit 1
   say "archiving $name ($profile weights) -> $MODEL_STORE/$name.mar"
   "$REPO/.venv/bin/torch-model-archiver" --model-name "$name" --version 1.0 \
-    --handler "$REPO/handlers/$handler.py" --extra-files "$stage/extra" \
-    --config-file "$stage/model-config.yaml" --export-path "$MODEL_STORE" --force
+    --handler "$REPO/handlers/$handler.py" --config-file "$stage/model-config.yaml" \
+    --export-path "$MODEL_STORE" --force
+  if [ "$name" = pipeline ]; then
+    # the workflow's function nodes read the same rendered model-config.yaml, shipped beside them
+    say "archiving workflow pipeline -> $MODEL_STORE/pipeline.war"
+    "$REPO/.venv/bin/torch-workflow-archiver" --workflow-name pipeline --spec-file "$stage/pipeline.yaml" \
+      --handler "$REPO/workflows/pipeline_workflow.py" --extra-files "$stage/model-config.yaml" \
+      --export-path "$MODEL_STORE" -f
+  fi
   rm -rf "$stage"; trap - EXIT
-  if [ "$name" = pipeline ]; then archive_workflow; fi
 done

@@ -2,7 +2,9 @@
 
 tiny: real architectures, tiny configs, random weights (seconds, offline; tests and demo).
 arch: real architectures at full size, random weights (honest speed and memory figures).
-pretrained: real weights from the Hugging Face hub (needs internet).
+pretrained: real weights from the Hugging Face hub, through the local Hugging Face cache
+  (``HF_HUB_CACHE``): what the cache lacks is downloaded into it, then linked into place. With
+  ``HF_HUB_OFFLINE=1`` nothing is downloaded: an air-gapped machine with a populated cache builds.
 """
 from __future__ import annotations
 
@@ -13,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+from profiles import BUILDERS  # scripts/ is on sys.path: it is this script's own directory
 
-from profiles import BUILDERS  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PROFILES = ("tiny", "arch", "pretrained")
 _IGNORED_FILES = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.ot", "flax_model*", "tf_model*", "*.tflite"]
@@ -30,17 +31,52 @@ def build_random(profile: str, name: str, root: Path) -> None:
 
 
 def download(name: str, root: Path) -> None:
-    from huggingface_hub import snapshot_download
+    """Each of the model's hub repos, from the Hugging Face cache, into ``root/<subdir>``.
+
+    ``snapshot_download`` without ``local_dir`` fills the cache with what it lacks and returns the
+    cached snapshot's folder; offline (``HF_HUB_OFFLINE=1``) it downloads nothing and returns the
+    snapshot the cache already holds for ``refs/main``. (With ``local_dir`` it would never read the
+    cache offline.) The files are then hard-linked from the cache, so the weights take no second
+    copy on disk and survive a cache clean-up, or copied where the cache is on another filesystem.
+    """
+    from huggingface_hub import constants, snapshot_download
 
     for subdir, repo_id in BUILDERS[name].PRETRAINED.items():
-        print(f"  downloading {repo_id} -> {root / subdir}", flush=True)
         try:
-            snapshot_download(repo_id, local_dir=root / subdir, ignore_patterns=_IGNORED_FILES)
-        except Exception as exc:  # offline: say so plainly instead of a 40-line traceback
+            snapshot = Path(snapshot_download(repo_id, ignore_patterns=_IGNORED_FILES))
+        except Exception as exc:  # not cached and no hub: say so plainly instead of a 40-line traceback
+            offline = " (HF_HUB_OFFLINE is set: nothing is downloaded)" if constants.HF_HUB_OFFLINE else ""
             raise SystemExit(
-                f"error: could not download {repo_id} ({type(exc).__name__}: {exc}).\n"
-                "The pretrained profile needs internet access to the Hugging Face hub; "
-                "use --profile tiny or arch offline.") from None
+                f"error: {repo_id} is not in the Hugging Face cache at {constants.HF_HUB_CACHE}{offline} and could "
+                f"not be downloaded ({type(exc).__name__}: {exc}).\n"
+                "The pretrained profile needs the hub, or a cache that already holds every repo it names "
+                "(scripts/profiles/*.py, PRETRAINED); use --profile tiny or arch without either.") from None
+        count = link_snapshot(snapshot, root / subdir)
+        print(f"  {repo_id}: {count} files from {snapshot} -> {root / subdir}", flush=True)
+
+
+def link_snapshot(snapshot: Path, target: Path) -> int:
+    """Hard-link (or copy) a cached snapshot's files, less ``_IGNORED_FILES``, into ``target``."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    entries = sorted(path for path in snapshot.rglob("*") if path.is_file() or path.is_symlink())
+    broken = [path for path in entries if not path.exists()]  # a snapshot's files are links into ../blobs
+    if broken:
+        raise SystemExit(f"error: the cached snapshot {snapshot} is damaged: {broken[0]} points at a missing blob; "
+                         "delete the repo from the cache and build again")
+    names = list(filter_repo_objects([path.relative_to(snapshot).as_posix() for path in entries],
+                                     ignore_patterns=_IGNORED_FILES))
+    if not names:
+        raise SystemExit(f"error: the cached snapshot {snapshot} holds no usable files")
+    for name in names:
+        source, dest = (snapshot / name).resolve(), target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        try:
+            os.link(source, dest)
+        except OSError:  # the cache is on another filesystem, or hard links are not allowed there
+            shutil.copyfile(source, dest)
+    return len(names)
 
 
 def main(argv: list[str] | None = None) -> int:

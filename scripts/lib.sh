@@ -9,13 +9,15 @@ TS_KEY_FILE="${TS_KEY_FILE:-$REPO/key_file.json}"
 MODEL_STORE="${MODEL_STORE:-$REPO/model_store}"
 # TorchServe keeps its pid file in $TMPDIR: a private one lets several servers coexist on one host.
 export TMPDIR="${TS_RUN_DIR:-$REPO/.run}"
-MODELS=(clip sd sam depth pose)
 
 say() { printf '%s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 [ -x "$PY" ] || die "no Python environment at $REPO/.venv: run 'make setup' first"
 mkdir -p "$TMPDIR"
+# Every model the server registers is a folder models/<name>/ with a model-config.yaml: the one list
+# (scripts/served_models.py). Models with weights come first; the light ones that call them (pipeline) last.
+mapfile -t SERVED < <("$PY" "$REPO/scripts/served_models.py")
 
 # config_value KEY: a key of config.properties (empty when unset)
 config_value() { sed -n "s/^$1=//p" "$TS_CONFIG" | tail -n 1; }

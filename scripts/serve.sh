@@ -32,9 +32,8 @@ else
   say "TorchServe is up at $(inference_url)"
 fi
 
-for name in "${MODELS[@]}"; do
-  [ -f "$MODEL_STORE/$name.mar" ] && "$REPO/scripts/register.sh" "$name"
+for name in "${SERVED[@]}"; do
+  if [ -f "$MODEL_STORE/$name.mar" ]; then "$REPO/scripts/register.sh" "$name"; fi
 done
-if [ -f "$MODEL_STORE/pipeline.mar" ]; then "$REPO/scripts/register.sh" pipeline; fi
 if [ -f "$MODEL_STORE/pipeline.war" ]; then "$REPO/scripts/register.sh" --workflow pipeline; fi
 say "ready: inference $(inference_url), management $(management_url), metrics $(config_value metrics_address)"

@@ -1,16 +1,14 @@
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "tests", REPO / "scripts"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from served_models import served_models, weighted_models  # scripts/served_models.py (pytest.ini puts scripts/ on the path)
 
-# models/<name>/model-config.yaml: every model the server registers (the five models and `pipeline`)
-MODELS = sorted(p.parent.name for p in (REPO / "models").glob("*/model-config.yaml"))
+REPO = Path(__file__).resolve().parent.parent
+
+# every model the server registers, in registration order (the light `pipeline` after what it calls)
+MODELS = served_models()
 
 
 # One real TorchServe per test session, serving every model on the tiny profile, shared by
@@ -22,7 +20,7 @@ def model_store(tmp_path_factory):
     from harness import ensure_tiny_weights
 
     store = tmp_path_factory.mktemp("ts") / "model_store"
-    ensure_tiny_weights(*(m for m in MODELS if m != "pipeline"))  # the pipeline has no weights
+    ensure_tiny_weights(*weighted_models())
     result = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store),
                              *MODELS], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

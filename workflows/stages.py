@@ -1,4 +1,4 @@
-"""The pipeline's stages as plain functions: generate -> analyze + segment (+ depth, pose) -> regions.
+"""The pipeline's stages as plain functions: generate, then analyze (concepts + segment (+ depth, pose) -> regions).
 
 Nothing here knows about TorchServe's workflow engine or handlers. Stages reach the five models
 through a :class:`ModelCaller` (the REST client in production), so pipeline traffic goes through
@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Protocol
 
-from handlers.common import (ImageLimits, InputError, ServerError, decode_image, get_bool, get_boxes,
-                             get_float, get_int, get_str, get_str_list, reject_unknown)
+from pydantic import Field
+
+from handlers.common import (HandlerSettings, ImageLimits, InputError, ServerError, Settings, decode_image, get_bool,
+                             get_boxes, get_float, get_int, get_str, get_str_list, reject_unknown)
 
 PRIORS = ("depth", "pose")
 GENERATION_FIELDS = ("negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler")
@@ -44,21 +46,43 @@ class PipelineRequest:
     stream: bool = False
 
 
-@dataclass
-class PipelineSettings:
-    """Per-stage time limits (s) and caps; from the pipeline's model-config.yaml."""
+class StageTimeouts(Settings):
+    """Seconds each model call may take; a stage over its limit answers 504 naming the stage."""
 
-    timeouts: Mapping[str, float] = field(default_factory=lambda: {"sd": 600, "clip": 60, "sam": 600,
-                                                                   "depth": 60, "pose": 60})
-    max_texts: int = 100
-    max_rois: int = 16
-    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    sd: float = Field(gt=0)
+    clip: float = Field(gt=0)
+    sam: float = Field(gt=0)
+    depth: float = Field(gt=0)
+    pose: float = Field(gt=0)
+
+    def of(self, model: str) -> float:
+        return float(getattr(self, model))
+
+
+class PipelineLimits(ImageLimits):
+    """What the pipeline checks before any model runs (each at most the called model's own limit)."""
+
+    max_prompt_length: int = Field(ge=1)
+    max_texts: int = Field(ge=1)
+    max_text_length: int = Field(ge=1)
+    max_rois: int = Field(ge=0)
+
+
+class PipelineSettings(HandlerSettings):
+    """The ``handler:`` section of models/pipeline/model-config.yaml, for the model and the workflow."""
+
+    inference_address: str | None   # null: this server's, from TS_CONFIG_FILE
+    management_address: str | None
+    key_file: str | None            # null: TS_KEY_FILE, else ./key_file.json
+    stage_timeouts: StageTimeouts
+    limits: PipelineLimits
 
 
 def parse_request(payload: dict[str, Any], settings: PipelineSettings) -> PipelineRequest:
     """Validate everything that can be checked before any model runs; raise InputError naming the field."""
     reject_unknown(payload, FIELDS)
-    prompt = get_str(payload, "prompt", max_len=2000)
+    limits = settings.limits
+    prompt = get_str(payload, "prompt", max_len=limits.max_prompt_length)
     image = payload.get("image")
     if (prompt is None) == (image is None):
         raise InputError("prompt", "give exactly one of 'prompt' (generate, then analyze) or 'image' (analyze)")
@@ -66,13 +90,13 @@ def parse_request(payload: dict[str, Any], settings: PipelineSettings) -> Pipeli
     if image is not None:
         if not isinstance(image, str):
             raise InputError("image", "must be a base64-encoded PNG or JPEG string")
-        image_size = decode_image(image, settings.image_limits).size
-    texts = get_str_list(payload, "texts", max_items=settings.max_texts, max_len=300)
+        image_size = decode_image(image, limits).size
+    texts = get_str_list(payload, "texts", max_items=limits.max_texts, max_len=limits.max_text_length)
     roi = None
     if payload.get("roi") is not None:
         # with a prompt the image does not exist yet: sam checks the boxes against it later
         bounds = image_size or (10**9, 10**9)
-        roi = get_boxes(payload, "roi", image_size=bounds, max_items=settings.max_rois)
+        roi = get_boxes(payload, "roi", image_size=bounds, max_items=limits.max_rois)
     priors = get_str_list(payload, "priors", max_items=len(PRIORS)) or []
     for i, prior in enumerate(priors):
         if prior not in PRIORS:
@@ -111,7 +135,7 @@ class Stages:
     def __call__(self, name: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            result = self.call(model, body, self.settings.timeouts.get(model, 120))
+            result = self.call(model, body, self.settings.stage_timeouts.of(model))
         except StageFailure as failure:
             raise _stage_error(name, failure) from None
         self.timings[name] = round(time.perf_counter() - started, 4)
@@ -132,7 +156,7 @@ def analyze(request: PipelineRequest, image: str, generated: dict[str, Any] | No
     """Phase 2: clip, sam and the priors concurrently; then clip on each segmented region."""
     texts = {"texts": request.texts} if request.texts else {}
     with ThreadPoolExecutor(max_workers=2 + len(request.priors)) as pool:
-        analysis: Future = pool.submit(stage, "analyze", "clip", {"image": image, **texts})
+        analysis: Future = pool.submit(stage, "concepts", "clip", {"image": image, **texts})
         segmentation: Future = pool.submit(stage, "segment", "sam",
                                            {"image": image, **({"roi": request.roi} if request.roi else {})})
         priors = {name: pool.submit(stage, name, name, {"image": image}) for name in request.priors}
@@ -168,7 +192,7 @@ def _describe_regions(stage: Stages, image: str, masks: dict[str, Any],
         {"request_id": f"{result['request_id']}:{i}",
          "clip_analysis": {"concepts": region["concepts"], "confidence_scores": region["confidence_scores"],
                            "max_confident_concept": region["max_confidence_concept"]},
-         "polygon": _main_polygon(polygon), "box": region["box"]}
+         "polygon": polygon, "box": region["box"]}
         for i, (region, polygon) in enumerate(zip(result["regions"], masks.get("polygons", [])))
     ]
 
@@ -177,13 +201,6 @@ def _usable_box(box: list[float]) -> list[float]:
     # an empty or one-pixel mask has a degenerate box; give it one pixel so it can be cropped
     x1, y1, x2, y2 = box
     return [x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)]
-
-
-def _main_polygon(polygon: Any) -> list[list[float]]:
-    """sam may give several contours for one mask; a region shows its largest."""
-    if polygon and isinstance(polygon[0], list) and polygon[0] and isinstance(polygon[0][0], list):
-        return max(polygon, key=len)
-    return polygon or []
 
 
 def _assemble(request: PipelineRequest, generated: dict[str, Any] | None, image: str, clip: dict[str, Any],

@@ -4,19 +4,25 @@ A request that fails validation gets its own 4xx (``context.set_response_status`
 and never reaches the model; the rest of the batch runs as one forward pass. If that forward pass
 raises, the batch is retried one request at a time, so an unexpected failure costs one request a
 5xx instead of failing every request that happened to share its batch.
+
+A handler's settings are its ``settings_class`` read once from its model-config.yaml; what
+:meth:`BatchHandler.infer` needs of the batch (each request's index in TorchServe's batch, a way to
+send a stream event) arrives as its ``batch`` argument, never as handler state.
 """
 from __future__ import annotations
 
 import abc
 import json
 import logging
+import threading
 import time
 from typing import Any
 
+from .compat import add_metric, mark_final_grpc_response
+from .envelopes import Envelopes, take_over_torchserve_envelopes
 from .errors import InputError, error_body
-from .images import ImageLimits
-from .payload import read_payload
 from .runtime import configure_threads, handler_config, select_device, select_dtype
+from .settings import HandlerSettings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +44,45 @@ class ServerError(Exception):
 Result = dict[str, Any] | InputError | ServerError
 
 
+class Batch:
+    """The parsed requests' place in TorchServe's batch: ``indices[i]`` is request i's index, and
+    :meth:`send` streams an intermediate response (a chunk of the HTTP stream, or a gRPC
+    ``StreamPredictions`` message) to request i."""
+
+    def __init__(self, context: Any, indices: list[int]):
+        self.context = context
+        self.indices = list(indices)
+        self._send_lock = threading.Lock()
+
+    def subset(self, positions: list[int]) -> "Batch":
+        return Batch(self.context, [self.indices[p] for p in positions])
+
+    def request_id(self, position: int) -> str:
+        return self.context.get_request_id(self.indices[position])
+
+    def send(self, position: int, event: dict[str, Any]) -> None:
+        idx = self.indices[position]
+        context = self.context
+        if getattr(context, "cl_socket", None) is None:  # in-process (unit tests): no frontend to send to
+            return
+        from ts.handler_utils.utils import send_intermediate_predict_response
+
+        context.set_response_content_type(idx, "application/json")
+        with self._send_lock:  # one socket back to the frontend, shared by a batch's threads
+            send_intermediate_predict_response({idx: json.dumps(event, separators=(",", ":"))},
+                                               {idx: context.get_request_id(idx)},
+                                               "Intermediate Prediction success", 200, context)
+
+
 class BatchHandler(abc.ABC):
-    """Subclass per model: implement :meth:`load`, :meth:`parse` and :meth:`infer`."""
+    """Subclass per model: set :attr:`settings_class`; implement :meth:`load`, :meth:`parse`, :meth:`infer`."""
 
     model_label = "model"
+    settings_class: type[HandlerSettings] = HandlerSettings
 
     def __init__(self) -> None:
         self.initialized = False
         self.context: Any = None
-        self.config: dict[str, Any] = {}
-        self.limits: dict[str, Any] = {}
-        self.batch_indices: list[int] = []
 
     # --- what a model implements -------------------------------------------------------------
     @abc.abstractmethod
@@ -60,18 +94,17 @@ class BatchHandler(abc.ABC):
         """Validate one request; raise :class:`InputError` naming the field."""
 
     @abc.abstractmethod
-    def infer(self, requests: list[Any]) -> list[Result]:
+    def infer(self, requests: list[Any], batch: Batch) -> list[Result]:
         """Run the model once for all parsed requests; one result (or error) per request, in order."""
 
     # --- TorchServe entry points -------------------------------------------------------------
     def initialize(self, context: Any) -> None:
         self.context = context
-        self.config = handler_config(context)
-        self.limits = dict(self.config.get("limits") or {})
-        self.image_limits = ImageLimits.from_config(self.limits)
+        self.settings = load_settings(self.settings_class, handler_config(context))
         self.device = select_device(context)
-        self.dtype = select_dtype(self.device, self.config)
-        configure_threads(self.config)
+        self.dtype = select_dtype(self.device, self.settings.dtype)
+        configure_threads(self.settings.torch_threads)
+        take_over_torchserve_envelopes()  # KServe's protocols are opened per request (envelopes.py)
         started = time.perf_counter()
         self.load(context)
         logger.info("%s loaded on %s (%s) in %.1fs", self.model_label, self.device, self.dtype,
@@ -83,65 +116,62 @@ class BatchHandler(abc.ABC):
         started = time.perf_counter()
         results: list[Result | None] = [None] * len(data)
         parsed: list[tuple[int, Any]] = []
+        envelopes = Envelopes(context)
         for idx, row in enumerate(data):
             try:
-                parsed.append((idx, self.parse(read_payload(row))))
+                parsed.append((idx, self.parse(envelopes.open(idx, row))))
             except InputError as err:
                 results[idx] = err
         if parsed:
-            # the batch index of each parsed request, for handlers that answer per request (streams)
-            self.batch_indices = [idx for idx, _ in parsed]
-            outputs = self._infer_isolating_failures([request for _, request in parsed])
+            batch = Batch(context, [idx for idx, _ in parsed])
+            outputs = self.infer_isolating_failures([request for _, request in parsed], batch)
             for (idx, _), output in zip(parsed, outputs):
                 results[idx] = output
-        responses = [self._respond(context, idx, result, len(data)) for idx, result in enumerate(results)]
+        responses = [self._respond(context, idx, result, len(data), envelopes) for idx, result in enumerate(results)]
         self._record_batch(context, len(data), len(parsed), time.perf_counter() - started)
         return responses
 
     # --- helpers for subclasses ----------------------------------------------------------------
-    def limit(self, name: str, default: int | float) -> int | float:
-        return self.limits.get(name, default)
-
     def add_metric(self, name: str, value: float, unit: str = "count") -> None:
-        """A custom metric on the metrics port (model_metrics_auto_detect=true): counters for
-        ``count``, gauges otherwise (``ms``, ``s``, ``StepsPerSecond``). A unit is word characters
-        only: the frontend's metric-line parser drops a line whose unit has ``/`` (``steps/s``)."""
+        """A custom metric on the metrics port (model_metrics_auto_detect=true): a counter for
+        ``count``, a gauge otherwise (``ms``, ``s``, ``StepsPerSecond``); see compat.add_metric."""
         metrics = getattr(self.context, "metrics", None)
         if metrics is None:
             return
         try:
-            if unit == "count":
-                metrics.add_counter(name, value)
-            elif unit in ("ms", "s"):
-                metrics.add_time(name, value, unit=unit)
-            else:  # add_time refuses any unit but ms and s
-                from ts.metrics.metric_type_enum import MetricTypes
-
-                metrics.add_metric(name, value, unit, metric_type=MetricTypes.GAUGE)
+            add_metric(metrics, name, value, unit)
         except Exception:  # a metrics hiccup must never fail an inference
             logger.debug("metric %s not recorded", name, exc_info=True)
 
-    # --- internals -----------------------------------------------------------------------------
-    def _infer_isolating_failures(self, requests: list[Any]) -> list[Result]:
+    def infer_isolating_failures(self, requests: list[Any], batch: Batch) -> list[Result]:
+        """:meth:`infer`; if it raises for several requests, each is retried alone, so only the
+        failing one gets a 5xx. A handler that splits a batch into groups calls this per group."""
         try:
-            outputs = self.infer(requests)
+            outputs = self.infer(requests, batch)
             if len(outputs) != len(requests):
                 raise RuntimeError(f"infer returned {len(outputs)} results for {len(requests)} requests")
             return outputs
         except Exception as exc:
             if len(requests) == 1:
                 logger.exception("%s inference failed", self.model_label)
-                return [ServerError(f"{self.model_label} inference failed: {type(exc).__name__}: {exc}")]
+                return [self.server_error(exc)]
             logger.exception("%s batch of %d failed; retrying one by one", self.model_label, len(requests))
-            indices = self.batch_indices
-            results = []
-            for idx, request in zip(indices, requests):
-                self.batch_indices = [idx]
-                results.append(self._infer_isolating_failures([request])[0])
-            self.batch_indices = indices
-            return results
+            return [self.infer_isolating_failures([request], batch.subset([position]))[0]
+                    for position, request in enumerate(requests)]
 
-    def _respond(self, context: Any, idx: int, result: Result | None, batch_size: int) -> str:
+    def server_error(self, exc: Exception) -> ServerError:
+        """The 5xx for an exception a forward raised; out of memory is 507, so a client can retry smaller."""
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return ServerError(f"{self.model_label} ran out of memory: {exc}", code=507, kind="InsufficientStorage")
+        return ServerError(f"{self.model_label} inference failed: {type(exc).__name__}: {exc}")
+
+    # --- internals -----------------------------------------------------------------------------
+    def _respond(self, context: Any, idx: int, result: Result | None, batch_size: int, envelopes: Envelopes) -> str:
+        failed = isinstance(result, (InputError, ServerError))
         if isinstance(result, (InputError, ServerError)):
             body = result.body()
             context.set_response_status(result.code, str(result), idx)
@@ -149,21 +179,12 @@ class BatchHandler(abc.ABC):
             body = result or {}
         context.set_response_content_type(idx, "application/json")
         context.set_response_header(idx, BATCH_SIZE_HEADER, str(batch_size))
-        if _is_grpc(context, idx) and "ts_stream_next" not in context.get_response_headers(idx):
-            # TorchServe 0.12's gRPC StreamPredictions dereferences this header on every final
-            # response: without it a refusal sent before any chunk (or a model that does not
-            # stream) kills the worker. Unary gRPC ignores it; on REST "false" with no earlier
-            # chunk would drop the HTTP headers, so REST is left alone.
-            context.set_response_header(idx, "ts_stream_next", "false")
-        return json.dumps({"request_id": context.get_request_id(idx), **body}, separators=(",", ":"))
+        mark_final_grpc_response(context, idx)
+        answer = {"request_id": context.get_request_id(idx), **body}
+        return json.dumps(answer if failed else envelopes.seal(idx, answer), separators=(",", ":"))
 
     def _record_batch(self, context: Any, size: int, valid: int, seconds: float) -> None:
         self.add_metric("BatchSize", size)
         self.add_metric("RejectedRequests", size - valid)
         self.add_metric("HandlerLatency", seconds * 1000.0, unit="ms")
 
-
-def _is_grpc(context: Any, idx: int) -> bool:
-    # the frontend forwards HTTP headers (url_path, Host, ...) with REST requests only
-    headers = context.get_all_request_header(idx) or {}
-    return "url_path" not in headers and "Host" not in headers

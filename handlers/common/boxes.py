@@ -1,10 +1,10 @@
 """Box geometry shared by the handlers: IoU and non-maximum suppression (torchvision's when it imports)."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
+
+from .compat import torchvision_nms
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -17,21 +17,6 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(inter))
 
 
-_TORCHVISION_NMS: Any = None
-
-
-def _torchvision_nms() -> Any:
-    """torchvision.ops.nms when torchvision imports (it does not on a CPU torch 2.13), else False."""
-    global _TORCHVISION_NMS
-    if _TORCHVISION_NMS is None:
-        try:
-            from torchvision.ops import nms
-            _TORCHVISION_NMS = nms
-        except Exception:  # not installed, or a wheel that fails to load its CUDA libraries
-            _TORCHVISION_NMS = False
-    return _TORCHVISION_NMS
-
-
 def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression: indices of the kept boxes, highest score first.
 
@@ -40,8 +25,8 @@ def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> 
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     boxes, scores = boxes.float(), scores.float()
-    nms = _torchvision_nms()
-    if nms:
+    nms = torchvision_nms()
+    if nms is not None:
         return nms(boxes, scores, float(iou_threshold))
     order = torch.argsort(scores, descending=True, stable=True)
     overlaps = (box_iou(boxes[order], boxes[order]) > iou_threshold).cpu().numpy()

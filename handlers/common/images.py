@@ -4,26 +4,16 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .compat import uint16_image
 from .errors import InputError, LimitError
+from .settings import ImageLimits
 
 _ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_side: int = 4096
-    max_pixels: int = 4096 * 4096
-
-    @classmethod
-    def from_config(cls, limits: Mapping[str, Any]) -> "ImageLimits":
-        return cls(max_side=int(limits.get("max_image_side", cls.max_side)),
-                   max_pixels=int(limits.get("max_image_pixels", cls.max_pixels)))
 
 
 def decode_image(value: Any, limits: ImageLimits, field: str = "image") -> Image.Image:
@@ -48,8 +38,8 @@ def decode_image(value: Any, limits: ImageLimits, field: str = "image") -> Image
         # Pillow refuses, at open, a header declaring over 2 x Image.MAX_IMAGE_PIXELS (~179 Mpx): far
         # over any limit here, so it is the same 413 as the size checks below (not an exception
         # that fails the whole batch)
-        raise LimitError(field, f"declares a decompression-bomb size; the limit is {limits.max_side} pixels a side "
-                                f"and {limits.max_pixels} pixels", code=413) from None
+        raise LimitError(field, f"declares a decompression-bomb size; the limit is {limits.max_image_side} pixels a side "
+                                f"and {limits.max_image_pixels} pixels", code=413) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise InputError(field, "is not a PNG or JPEG image") from None
     if image.format not in _ALLOWED_FORMATS:
@@ -57,10 +47,10 @@ def decode_image(value: Any, limits: ImageLimits, field: str = "image") -> Image
     width, height = image.size
     if width < 1 or height < 1:
         raise InputError(field, f"has zero size ({width}x{height})")
-    if max(width, height) > limits.max_side:
-        raise LimitError(field, f"is {width}x{height}; the longest side may be at most {limits.max_side}", code=413)
-    if width * height > limits.max_pixels:
-        raise LimitError(field, f"is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}", code=413)
+    if max(width, height) > limits.max_image_side:
+        raise LimitError(field, f"is {width}x{height}; the longest side may be at most {limits.max_image_side}", code=413)
+    if width * height > limits.max_image_pixels:
+        raise LimitError(field, f"is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}", code=413)
     try:
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -90,9 +80,7 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     if array.dtype == bool:
         return Image.fromarray(array.astype(np.uint8) * 255, mode="L")
     if array.dtype == np.uint16:
-        # Pillow 13 refuses fromarray(uint16, mode="I;16") ("Invalid mode for data type"): build it from bytes
-        array = np.ascontiguousarray(array, dtype="<u2")
-        return Image.frombuffer("I;16", (array.shape[1], array.shape[0]), array.tobytes(), "raw", "I;16", 0, 1)
+        return uint16_image(array)
     return Image.fromarray(np.ascontiguousarray(array.astype(np.uint8)))
 
 

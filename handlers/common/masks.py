@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-
 # -- one mask ------------------------------------------------------------------------------------
 
 

@@ -121,9 +121,10 @@ def get_str_list(payload: Mapping[str, Any], key: str, *, max_items: int, max_le
             raise InputError(key, "is required")
         return None
     if accept_single and isinstance(value, str):
-        value = [value]
+        return [check_str(value, key, max_len=max_len)]
     if not isinstance(value, list):
-        raise InputError(key, f"must be a list of strings, got {json_type(value)}")
+        expected = "a string or a list of strings" if accept_single else "a list of strings"
+        raise InputError(key, f"must be {expected}, got {json_type(value)}")
     if not value:
         raise InputError(key, "must not be an empty list")
     if len(value) > max_items:

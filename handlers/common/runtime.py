@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -17,9 +17,8 @@ def select_device(context: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def select_dtype(device: torch.device, config: Mapping[str, Any] | None = None) -> torch.dtype:
+def select_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
     """fp16 on CUDA (half the memory, tensor cores), fp32 on CPU where fp16 is slow; overridable."""
-    requested = (config or {}).get("dtype")
     if requested:
         return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[requested]
     return torch.float16 if device.type == "cuda" else torch.float32
@@ -53,8 +52,7 @@ def weights_dir(context: Any, key: str = "weights_dir") -> Path:
     return path
 
 
-def configure_threads(config: Mapping[str, Any]) -> None:
+def configure_threads(threads: int | None) -> None:
     """Intra-op threads per worker; several workers each using every core only thrash."""
-    threads = config.get("torch_threads")
     if threads:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)

@@ -1,4 +1,5 @@
-"""Weight builders: one module per model, each writing ``model_store/weights/<profile>/...``.
+"""Weight builders: one module per model with weights, named as the model, each writing
+``model_store/weights/<profile>/...``.
 
 Every module exposes
 - ``build(profile, root)`` for ``tiny`` and ``arch``: the real architecture with random weights,
@@ -7,14 +8,9 @@ Every module exposes
 """
 from __future__ import annotations
 
-from . import clip
+from importlib import import_module
+from types import ModuleType
 
-BUILDERS = {"clip": clip}
+from served_models import weighted_models  # scripts/served_models.py: the one list of models
 
-# Registered as their modules land; order is build order (cheap first).
-for _name in ("sd", "sam", "depth", "pose"):
-    try:
-        BUILDERS[_name] = __import__(f"{__name__}.{_name}", fromlist=[_name])
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"{__name__}.{_name}":
-            raise
+BUILDERS: dict[str, ModuleType] = {name: import_module(f"{__name__}.{name}") for name in weighted_models()}

@@ -60,7 +60,7 @@ def test_every_endpoint(api):
     generated = api.generate("a red bicycle", **SD)
     assert generated["seeds"] == [7] and decodes(generated["images"][0]).size == (64, 64)
 
-    analysis = api.analyze(IMAGE, texts=["cat", "dog"], roi=[[0, 0, 20, 20]])
+    analysis = api.concepts(IMAGE, texts=["cat", "dog"], roi=[[0, 0, 20, 20]])
     assert analysis["concepts"] == ["cat", "dog"] and analysis["max_confidence_concept"] in ("cat", "dog")
     assert [region["box"] for region in analysis["regions"]] == [[0, 0, 20, 20]]
     raw = api.predict("clip", raw=png_bytes(IMAGE))  # TorchServe's raw-body convention
@@ -114,7 +114,7 @@ def test_streamed_generation_sends_steps_in_order_then_the_image(api):
 
 def test_pipeline_stream_sends_each_stage_then_the_response(api):
     events = list(api.pipeline_stream(image=IMAGE, texts=["a", "b"]))
-    assert {event["stage"] for event in events[:-1]} == {"analyze", "segment", "describe_regions"}
+    assert {event["stage"] for event in events[:-1]} == {"concepts", "segment", "describe_regions"}
     assert all("result" in event for event in events[:-1])
     assert events[-1]["clip_analysis"]["concepts"] == ["a", "b"] and "basic_segmentation" in events[-1]
 
@@ -137,7 +137,7 @@ def test_scale_worker_over_grpc(grpc_client, server):
 # --- errors and tokens ------------------------------------------------------------------------------
 def test_bad_requests_over_grpc_are_api_errors_naming_the_field(grpc_client):
     with pytest.raises(ApiError) as error:
-        grpc_client.analyze(IMAGE, roi=[[10, 10, 5, 20]])
+        grpc_client.concepts(IMAGE, roi=[[10, 10, 5, 20]])
     assert error.value.status == 400 and error.value.body["message"] == "roi[0]: x2 must be > x1"
     with pytest.raises(ApiError) as error:
         grpc_client.pipeline(prompt="x", image=IMAGE)
@@ -172,7 +172,7 @@ def test_grpc_token_refusal_is_detected_and_a_rotated_token_is_picked_up(server,
     server.get("management", "/token?type=inference", headers={"Authorization": f"Bearer {api_key}"}).raise_for_status()
     assert server.token("inference") != old
     # the cached token is refused; the client re-reads key_file.json and retries once
-    assert grpc_client.analyze(IMAGE, texts=["a", "b"])["concepts"] == ["a", "b"]
+    assert grpc_client.concepts(IMAGE, texts=["a", "b"])["concepts"] == ["a", "b"]
 
 
 def test_grpc_refusal_detector():

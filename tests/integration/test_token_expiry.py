@@ -25,11 +25,11 @@ def test_clients_scripts_and_pipeline_survive_token_expiry(expiring_server):
     ts = expiring_server
     client = Client(ts.url("inference"), ts.url("management"), key_file=ts.key_file)
     image = png_b64(sample_image())
-    assert client.analyze(image, texts=["a", "b"])["concepts"] == ["a", "b"]
+    assert client.concepts(image, texts=["a", "b"])["concepts"] == ["a", "b"]
     assert client.pipeline(image=image)["basic_segmentation"]["masks"]
     grpc = GrpcClient(inference_port=ts.ports["grpc_inference"], management_port=ts.ports["grpc_management"],
                       key_file=ts.key_file, management_url=ts.url("management"))
-    assert grpc.analyze(image, texts=["a", "b"])["concepts"] == ["a", "b"]
+    assert grpc.concepts(image, texts=["a", "b"])["concepts"] == ["a", "b"]
     first = ts.token("inference")
 
     time.sleep(65)  # past token_expiration_min=1
@@ -37,10 +37,10 @@ def test_clients_scripts_and_pipeline_survive_token_expiry(expiring_server):
     assert stale.status_code == 400 and stale.json()["type"] == "InvalidKeyException"
 
     # the client re-reads the key file, finds the same (expired) token, rotates it with the API key
-    assert client.analyze(image, texts=["a", "b"])["concepts"] == ["a", "b"]
+    assert client.concepts(image, texts=["a", "b"])["concepts"] == ["a", "b"]
     assert ts.token("inference") != first
     # a gRPC client that cached the expired token re-reads the key file and goes on
-    assert grpc.analyze(image, texts=["a", "b"])["concepts"] == ["a", "b"]
+    assert grpc.concepts(image, texts=["a", "b"])["concepts"] == ["a", "b"]
     # the pipeline worker still holds the old token for its calls to clip and sam: it re-reads
     assert client.pipeline(image=image)["basic_segmentation"]["masks"]
     # the operator scripts rotate the (also expired) management token and go on

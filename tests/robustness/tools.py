@@ -19,9 +19,10 @@ import yaml
 from PIL import Image
 
 from harness import REPO, png_bytes, sample_image
+from served_models import served_models
 from workflows.connect import read_properties
 
-MODEL_NAMES = ("sd", "clip", "sam", "depth", "pose", "pipeline")
+MODEL_NAMES = tuple(served_models())
 
 
 # --- configuration -------------------------------------------------------------------------------

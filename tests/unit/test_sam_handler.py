@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 from handlers.common.boxes import box_nms
 from handlers.common.masks import (encode_mask, encoded_size_bound, mask_to_box, masks_to_boxes, png_to_mask,
                                    rle_to_mask)
+from handlers.common import weights_dir
 from handlers.segmenter import Segmenter
 from harness import REPO, load_handler, png_b64, png_bytes, run_batch, sample_image
 
@@ -101,10 +102,10 @@ def test_automatic_masks_are_bounded_and_best_first():
 def test_automatic_masks_are_deduplicated_by_box_nms(sam):
     result = ok(sam, {"image": image(3)})
     count = len(result["masks"])
-    assert 1 <= count <= sam.automatic["max_masks"]
+    assert 1 <= count <= sam.max_automatic_masks
     check_masks(result, count)
     boxes = torch.tensor(result["boxes"], dtype=torch.float)
-    keep = box_nms(boxes, torch.tensor(result["iou_scores"]), sam.automatic["box_nms_thresh"])
+    keep = box_nms(boxes, torch.tensor(result["iou_scores"]), sam.settings.automatic.box_nms_thresh)
     assert len(keep) == count  # nothing left to suppress
 
 
@@ -218,7 +219,7 @@ def test_response_size_guard(sam, monkeypatch):
     [(status, error)] = run_batch(sam, [{"image": image(), "roi": [[0, 0, 10, 10]] * 4}])
     assert status == 413 and error["message"].startswith("image: the masks would take"), error
     trimmed = ok(sam, {"image": image()})  # automatic: the weakest masks are dropped to fit
-    assert len(trimmed["masks"]) < sam.automatic["max_masks"]
+    assert len(trimmed["masks"]) < sam.max_automatic_masks
 
 
 def test_worst_case_response_fits_the_server_limit():
@@ -226,7 +227,7 @@ def test_worst_case_response_fits_the_server_limit():
     config = (REPO / "config.properties").read_text()
     server_limit = int(re.search(r"^max_response_size=(\d+)", config, re.M).group(1))
     assert handler.worst_case_response <= handler.max_response_bytes <= server_limit
-    assert handler.image_limits.max_side == 2048 and handler.max_masks == 24
+    assert handler.settings.limits.max_image_side == 2048 and handler.max_masks == 24
 
 
 @pytest.mark.parametrize("height, width", [(37, 61), (64, 64), (1, 9), (33, 1)])
@@ -263,7 +264,7 @@ def test_polygon_vertex_cap_and_box_helpers():
 
 
 def test_weights_are_the_tiny_profile(sam):
-    assert Path(sam.config["weights_dir"]).parts[-2:] == ("tiny", "sam")
+    assert weights_dir(sam.context).parts[-2:] == ("tiny", "sam")
 
 
 def test_half_precision_path(sam):

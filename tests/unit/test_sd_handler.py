@@ -6,7 +6,7 @@ import pytest
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.protocol.otf_message_handler import create_predict_response
 
-from handlers.common import decode_png
+from handlers.common import Batch, decode_png
 from handlers.text_to_image import SCHEDULERS, TextToImage
 from harness import load_handler, run_batch
 
@@ -117,7 +117,7 @@ BAD = [
     ({"prompt": []}, "prompt", None),
     ({"prompt": ["a", ""]}, "prompt[1]", None),
     ({"prompt": ["a", 3]}, "prompt[1]", None),
-    ({"prompt": ["a"] * 5}, "prompt", "prompt: has 5 prompts; the limit is 4"),
+    ({"prompt": ["a"] * 5}, "prompt", "prompt: has 5 items; the limit is 4"),
     ({"prompt": "x" * 1001}, "prompt", "prompt: is 1001 characters long; the limit is 1000"),
     ({"prompt": "a", "negative_prompt": ["a", "b"]}, "negative_prompt", None),
     ({"prompt": "a", "negative_prompt": 3}, "negative_prompt", None),
@@ -176,10 +176,10 @@ def test_bad_requests_fail_alone_in_a_batch(sd):
 def test_a_failing_group_does_not_fail_the_others(sd, monkeypatch):
     real = sd.generate
 
-    def flaky(group, stream_index=None):
+    def flaky(group, batch):
         if any("boom" in p for request in group for p in request["prompts"]):
             raise RuntimeError("simulated failure")
-        return real(group, stream_index)
+        return real(group, batch)
 
     monkeypatch.setattr(sd, "generate", flaky)
     results = run_batch(sd, [req(seed=1), req("boom", seed=2), req(seed=3, width=96)])
@@ -190,7 +190,7 @@ def test_a_failing_group_does_not_fail_the_others(sd, monkeypatch):
 
 def test_stream_sends_a_progress_event_per_step_and_runs_alone(sd, monkeypatch):
     events = []
-    monkeypatch.setattr(sd, "send_progress", lambda index, event: events.append((index, event)))
+    monkeypatch.setattr(Batch, "send", lambda batch, position, event: events.append((batch.indices[position], event)))
     before = sd.pipeline_calls
     results = run_batch(sd, [req(seed=1), req(seed=2, stream=True, steps=4), req(seed=3)])
     assert [status for status, _ in results] == [200] * 3
@@ -203,7 +203,7 @@ def test_stream_sends_a_progress_event_per_step_and_runs_alone(sd, monkeypatch):
 
 def test_stream_progress_counts_the_schedulers_unet_passes(sd, monkeypatch):
     events = []
-    monkeypatch.setattr(sd, "send_progress", lambda index, event: events.append(event))
+    monkeypatch.setattr(Batch, "send", lambda batch, position, event: events.append(event))
     [(status, _)] = run_batch(sd, [req(seed=1, stream=True, steps=3, scheduler="pndm")])
     assert status == 200
     assert [e["step"] for e in events] == [1, 2, 3, 4] and {e["steps"] for e in events} == {4}  # PNDM: steps + 1
@@ -230,7 +230,8 @@ def test_progress_goes_to_the_frontend_as_an_intermediate_response(sd, monkeypat
 def test_progress_is_not_sent_in_process(sd):
     # no frontend socket in-process: sending is a no-op rather than an error
     assert getattr(sd.context, "cl_socket", None) is None
-    sd.send_progress(0, sd.progress_event(0, 1, 2))
+    sd.context.request_ids = {0: "req-0"}
+    Batch(sd.context, [0]).send(0, {"step": 1, "steps": 2})
 
 
 def test_metrics(sd, monkeypatch):
@@ -270,8 +271,14 @@ def test_defaults_that_break_the_limits_fail_at_load():
 
 
 def test_compile_switch_warms_up_at_load():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     # the eager backend exercises the torch.compile path without a C++ toolchain
     sd = load_handler(TextToImage, "sd", compile_unet={"backend": "eager"})
+    assert sd.warmed_up
+    # the warm-up generation ran the compiled UNet during load: dynamo traced it before any request
+    assert counters["stats"]["unique_graphs"] >= 1
     assert sd.pipeline_calls == 0  # the warm-up is not counted
     [(status, body)] = run_batch(sd, [req(seed=1)])
     assert status == 200, body

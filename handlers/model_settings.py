@@ -1,0 +1,121 @@
+"""Each model's settings: what its models/<name>/model-config.yaml ``handler:`` section holds, typed.
+
+One class per model, read once when its worker loads (:class:`handlers.common.BatchHandler` does it).
+They live here, not in the handler modules, because TorchServe's loader refuses a handler module
+that defines more than one class. Every value is written in the yaml; these classes give only types
+and bounds (handlers/common/settings.py says why).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from handlers.common.settings import HandlerSettings, ImageLimits, Settings
+
+
+class ClipLimits(ImageLimits):
+    max_texts: int = Field(ge=1)
+    max_text_length: int = Field(ge=1)
+    max_rois: int = Field(ge=0)
+
+
+class ClipSettings(HandlerSettings):
+    text_cache_size: int = Field(ge=0)
+    concepts: list[str] | None  # null: the built-in vocabulary (handlers/common/vocabulary.py)
+    limits: ClipLimits
+
+
+class DepthSettings(HandlerSettings):
+    input_size: int | None = Field(ge=14)  # null: the processor's own size
+    colormap: Literal["turbo", "gray"]
+    limits: ImageLimits
+
+
+class PoseLimits(ImageLimits):
+    max_rois: int = Field(ge=0)    # boxes a request may send in `roi`
+    max_people: int = Field(ge=1)  # detections kept per image
+
+
+class PoseSettings(HandlerSettings):
+    use_detector: bool
+    person_label: str
+    detector_threshold: float = Field(ge=0, le=1)
+    detector_nms_iou: float = Field(ge=0, le=1)
+    min_box_side: float = Field(ge=0)
+    keypoint_threshold: float = Field(ge=0, le=1)
+    overlay_max_side: int = Field(ge=0)  # 0: never downscale
+    limits: PoseLimits
+
+
+class AutomaticSettings(Settings):
+    """Automatic masks (no prompt): SAM's automatic mask generator on one crop."""
+
+    points_per_side: int = Field(ge=1)
+    points_per_batch: int = Field(ge=1)
+    pred_iou_thresh: float       # <= 0: no filter
+    stability_score_thresh: float  # <= 0: no filter
+    stability_score_offset: float
+    box_nms_thresh: float = Field(ge=0, le=1)
+    max_masks: int = Field(ge=1)  # never more than limits.max_masks
+
+
+class SamLimits(ImageLimits):
+    max_boxes: int = Field(ge=0)
+    max_points: int = Field(ge=0)
+    max_masks: int = Field(ge=1)
+    max_response_bytes: int = Field(ge=1)
+
+
+class SamSettings(HandlerSettings):
+    embedding_cache_size: int = Field(ge=0)
+    mask_threshold: float
+    polygon_epsilon: float = Field(ge=0)
+    polygon_max_points: int = Field(ge=4)
+    automatic: AutomaticSettings
+    limits: SamLimits
+
+
+class SdLimits(Settings):
+    max_prompts: int = Field(ge=1)         # prompts (= images) per request
+    max_prompt_length: int = Field(ge=1)   # characters per prompt / negative prompt
+    min_side: int = Field(ge=8)
+    max_side: int = Field(ge=8)
+    max_pixels: int = Field(ge=64)
+    max_steps: int = Field(ge=1)
+    max_guidance_scale: float = Field(ge=0)
+
+
+class SdSettings(HandlerSettings):
+    model_name: str                        # the response's `model`
+    width: int | None                      # null: the weights' native size
+    height: int | None
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    negative_prompt: str
+    exact_seeds: bool | Literal["auto"]
+    compile_unet: bool | dict[str, Any]    # torch.compile options, or true for the defaults
+    warmup: bool                           # one generation at load (always, when compile_unet is on)
+    limits: SdLimits
+
+
+class CaptionLimits(ImageLimits):
+    max_prompt_length: int = Field(ge=1)  # characters of `prompt`
+    max_new_tokens: int = Field(ge=1)
+    max_num_beams: int = Field(ge=1)
+
+
+class CaptionSettings(HandlerSettings):
+    model_name: str = Field(min_length=1)  # the response's `model`
+    max_new_tokens: int = Field(ge=1)      # a request's default
+    num_beams: int = Field(ge=1)           # a request's default
+    limits: CaptionLimits
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> CaptionSettings:
+        if self.max_new_tokens > self.limits.max_new_tokens:
+            raise ValueError("max_new_tokens (the default) is over limits.max_new_tokens")
+        if self.num_beams > self.limits.max_num_beams:
+            raise ValueError("num_beams (the default) is over limits.max_num_beams")
+        return self
