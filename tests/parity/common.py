@@ -1,0 +1,38 @@
+"""What the parity tests share: the served models' weights, and the served answers decoded.
+
+The reference side of every parity test loads the SAME weights directory the server loads (the
+tiny profile's, as scripts/archive.sh writes it into each model-config.yaml) with the library's own
+classes, and runs the library's own pre- and post-processing. Nothing of handlers/ is used on that
+side, so a handler that drifts from its library fails here.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from harness import model_config
+from PIL import Image
+
+
+def served_weights(name: str) -> Path:
+    """The weights directory the served ``name`` loads (its rendered model-config.yaml)."""
+    return Path(model_config(name)["handler"]["weights_dir"])
+
+
+def handler_settings(name: str) -> dict[str, Any]:
+    """The served model's ``handler:`` section (defaults and limits the reference must match)."""
+    return model_config(name)["handler"]
+
+
+def decode_png_array(text: str) -> np.ndarray:
+    image = Image.open(io.BytesIO(base64.b64decode(text)))
+    image.load()
+    return np.asarray(image)
+
+
+def ok(response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return response.json()
