@@ -171,7 +171,6 @@ class BatchHandler(abc.ABC):
 
     # --- internals -----------------------------------------------------------------------------
     def _respond(self, context: Any, idx: int, result: Result | None, batch_size: int, envelopes: Envelopes) -> str:
-        failed = isinstance(result, (InputError, ServerError))
         if isinstance(result, (InputError, ServerError)):
             body = result.body()
             context.set_response_status(result.code, str(result), idx)
@@ -181,7 +180,9 @@ class BatchHandler(abc.ABC):
         context.set_response_header(idx, BATCH_SIZE_HEADER, str(batch_size))
         mark_final_grpc_response(context, idx)
         answer = {"request_id": context.get_request_id(idx), **body}
-        return json.dumps(answer if failed else envelopes.seal(idx, answer), separators=(",", ":"))
+        if not isinstance(result, (InputError, ServerError)):  # a refusal is answered as TorchServe answers it
+            answer = envelopes.seal(idx, answer)
+        return json.dumps(answer, separators=(",", ":"))
 
     def _record_batch(self, context: Any, size: int, valid: int, seconds: float) -> None:
         self.add_metric("BatchSize", size)
