@@ -4,7 +4,7 @@ from PIL import Image
 
 from handlers.common import decode_png
 from handlers.common.drawing import COLORMAPS, colorize, normalize, to_uint16
-from handlers.depth import ENCODING, DepthEstimator
+from handlers.depth_estimator import ENCODING, DepthEstimator
 from harness import load_handler, png_b64, png_bytes, run_batch, sample_image
 
 

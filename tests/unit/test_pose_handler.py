@@ -7,7 +7,7 @@ from skimage import data as skimage_data
 
 from handlers.common import decode_png
 from handlers.common.drawing import COCO_KEYPOINT_NAMES, COCO_SKELETON, draw_pose
-from handlers.pose import PoseEstimator
+from handlers.pose_estimator import PoseEstimator
 from harness import WEIGHTS, load_handler, png_b64, png_bytes, run_batch, sample_image
 
 # Tiny random weights score everything near 0.01: threshold 0 and no size floor let the detector
