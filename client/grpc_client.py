@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from .auth import KeyFile, is_grpc_token_refusal
+from .events import JsonStream
 from .rest import ApiError, BaseClient
 
 try:
@@ -82,34 +83,39 @@ class GrpcClient(BaseClient):
         token = self.fixed_token or self.keys.token(kind)
         return token, [("authorization", f"Bearer {token}")] if token else []
 
-    def call(self, kind: str, method: Callable[..., Any], request: Any, where: str,
-             timeout: float | None = None) -> Any:
-        """A unary call with the current token; on a token refusal refresh (re-read/rotate), retry once."""
+    def _with_token_retry(self, kind: str, start: Callable[[list[tuple[str, str]]], Any]) -> Any:
+        """``start(metadata)`` with the current token; on a token refusal refresh (re-read/rotate)
+        and start once more. Other RpcErrors propagate."""
         for attempt in (1, 2):
             token, metadata = self._metadata(kind)
             try:
-                return method(request, metadata=metadata, timeout=timeout or self.timeout)
+                return start(metadata)
             except grpc.RpcError as error:
-                if attempt == 1 and not self.fixed_token and is_grpc_token_refusal(error):
-                    self.keys.refresh(kind, token)
-                    continue
-                raise api_error(error, where) from None
+                if attempt == 2 or self.fixed_token or not is_grpc_token_refusal(error):
+                    raise
+                self.keys.refresh(kind, token)
         raise AssertionError("unreachable")
+
+    def call(self, kind: str, method: Callable[..., Any], request: Any, where: str,
+             timeout: float | None = None) -> Any:
+        """A unary call, retried once after a token refusal."""
+        try:
+            return self._with_token_retry(
+                kind, lambda metadata: method(request, metadata=metadata, timeout=timeout or self.timeout))
+        except grpc.RpcError as error:
+            raise api_error(error, where) from None
 
     def call_stream(self, kind: str, method: Callable[..., Any], request: Any, where: str,
                     timeout: float | None = None) -> Iterator[Any]:
         """A server-streaming call; a refusal arrives with the first message, so that one is retried."""
-        for attempt in (1, 2):
-            token, metadata = self._metadata(kind)
+        def start(metadata: list[tuple[str, str]]) -> tuple[Any, Any]:
             responses = method(request, metadata=metadata, timeout=timeout or self.timeout)
-            try:
-                first = next(responses, None)
-            except grpc.RpcError as error:
-                if attempt == 1 and not self.fixed_token and is_grpc_token_refusal(error):
-                    self.keys.refresh(kind, token)
-                    continue
-                raise api_error(error, where) from None
-            break
+            return responses, next(responses, None)
+
+        try:
+            responses, first = self._with_token_retry(kind, start)
+        except grpc.RpcError as error:
+            raise api_error(error, where) from None
         if first is None:
             return
         try:
@@ -131,12 +137,9 @@ class GrpcClient(BaseClient):
         """StreamPredictions: each intermediate response, then the final one, as JSON objects."""
         where = f"StreamPredictions({model})"
         request = _predictions_request(model, {**body, "stream": True}, None)
-        decoder = json.JSONDecoder()
+        events = JsonStream()  # one event per message; several in one, or one split, are fine too
         for reply in self.call_stream("inference", self.inference.StreamPredictions, request, where, timeout):
-            text = _check(reply, where).decode("utf-8")
-            while text.strip():  # one event per message; tolerate several in one
-                event, end = decoder.raw_decode(text.lstrip())
-                text = text.lstrip()[end:]
+            for event in events.feed(_check(reply, where)):
                 raise_in_band_error(event, where)
                 yield event
 

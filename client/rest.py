@@ -7,9 +7,7 @@
 from __future__ import annotations
 
 import base64
-import codecs
 import io
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,6 +15,7 @@ import requests
 from PIL import Image
 
 from .auth import KeyFile, is_token_refusal
+from .events import JsonStream
 
 
 class ApiError(Exception):
@@ -176,20 +175,9 @@ class Client(BaseClient):
         response = self.request("inference", "POST", path, json={**body, "stream": True}, stream=True)
         if response.status_code >= 400:
             raise ApiError(response.status_code, _body(response), path)
-        decoder = json.JSONDecoder()
-        # bytes, decoded here: requests only decodes when the response names a charset, and a
-        # chunk may end inside a multi-byte character
-        text = codecs.getincrementaldecoder("utf-8")()
-        pending = ""
+        events = JsonStream()
         for chunk in response.iter_content(chunk_size=None):
-            pending += text.decode(chunk)
-            while pending.strip():
-                try:
-                    event, end = decoder.raw_decode(pending.lstrip())
-                except ValueError:
-                    break
-                pending = pending.lstrip()[end:]
-                yield event
+            yield from events.feed(chunk)
 
     def workflow_predict(self, workflow: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.call("inference", "POST", f"/wfpredict/{workflow}", json=body)

@@ -2,8 +2,8 @@
 
 No matplotlib and no OpenCV: the colormap is Google's Turbo (Mikhailov, 2019), computed from the
 5th-degree polynomial fit published alongside it into a 256-entry lookup table once at import (a close
-approximation of the reference table). Used by the ``depth`` and ``pose`` handlers, the pipeline
-and the client; depends only on numpy and Pillow.
+approximation of the reference table). Used by the ``depth`` and ``pose`` handlers; depends only on
+numpy and Pillow.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Binary masks -> what a response carries: PNG, COCO RLE, polygon, box, area; and box NMS.
+"""Binary masks -> what a response carries: PNG, COCO RLE, polygon, box, area; and the mask
+maths of automatic mask generation (boxes of a mask batch, stability scores). Box IoU and NMS are
+in boxes.py.
 
 Conventions (the same for every handler and the pipeline):
 - a mask is a ``bool`` array of shape (height, width) at the input image's size;
@@ -68,15 +70,6 @@ def mask_to_box(mask: np.ndarray) -> list[int]:
 
 def mask_area(mask: np.ndarray) -> int:
     return int(np.count_nonzero(mask))
-
-
-def mask_polygons(mask: np.ndarray, *, epsilon: float = 1.0, max_points: int = 1000) -> list[list[list[int]]]:
-    """Outlines of every region of the mask (largest first), each simplified to <= ``max_points``."""
-    height, width = mask.shape
-    contours, _ = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    contours = sorted(contours, key=lambda c: (cv2.contourArea(c), len(c)), reverse=True)
-    return [_simplify(c, epsilon, max_points, width, height) for c in contours]
 
 
 def mask_to_polygon(mask: np.ndarray, *, epsilon: float = 1.0, max_points: int = 1000) -> list[list[int]]:

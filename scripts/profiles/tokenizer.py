@@ -7,7 +7,6 @@ full-size ``arch`` text encoders.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from transformers import CLIPTokenizer
 
@@ -54,8 +53,3 @@ def build_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     tokenizer.model_max_length = max_length
     return tokenizer
 
-
-def save_tokenizer(directory: Path, max_length: int = 77) -> CLIPTokenizer:
-    tokenizer = build_tokenizer(max_length)
-    tokenizer.save_pretrained(directory)
-    return tokenizer

@@ -1,12 +1,12 @@
 """The pipeline on the real server, through /wfpredict/pipeline (workflow) and /predictions/pipeline (model)."""
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from harness import png_b64, sample_image
 from PIL import Image
 
+from client.events import json_values
 from handlers.common import decode_png
-from harness import png_b64, sample_image
 
 PATHS = ["/predictions/pipeline", "/wfpredict/pipeline"]
 IMAGE = png_b64(sample_image(64, 48))
@@ -85,13 +85,7 @@ def test_stage_error_names_the_stage(server):
 def test_stream_sends_each_stage_then_the_result(server):
     response = server.post("inference", "/predictions/pipeline", json={"image": IMAGE, "stream": True}, stream=True)
     assert response.status_code == 200
-    decoder, text, events = json.JSONDecoder(), "", []
-    for chunk in response.iter_content(chunk_size=None):
-        text += chunk.decode()
-    while text.strip():
-        event, end = decoder.raw_decode(text.lstrip())
-        text = text.lstrip()[end:]
-        events.append(event)
+    events = json_values(response.iter_content(chunk_size=None))
     stages = [event["stage"] for event in events[:-1]]
     assert set(stages) == {"concepts", "segment", "describe_regions"}
     assert "basic_segmentation" in events[-1]

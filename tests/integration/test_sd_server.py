@@ -1,7 +1,7 @@
 """`sd` on the real TorchServe: batching, seeds, limits, progress over HTTP chunked."""
-import json
 from concurrent.futures import ThreadPoolExecutor
 
+from client.events import json_values
 from handlers.common import BATCH_SIZE_HEADER, decode_png
 
 
@@ -51,12 +51,7 @@ def test_stream_sends_steps_then_the_image_over_http_chunked(server):
                                                                   "stream": True}, stream=True)
     assert response.status_code == 200
     assert response.headers.get("Transfer-Encoding") == "chunked"
-    text = b"".join(response.iter_content(chunk_size=None)).decode()
-    decoder, events = json.JSONDecoder(), []
-    while text.strip():
-        event, end = decoder.raw_decode(text.lstrip())
-        text = text.lstrip()[end:]
-        events.append(event)
+    events = json_values(response.iter_content(chunk_size=None))
     steps = [event["step"] for event in events[:-1]]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3
     assert events[-1]["seeds"] == [2] and decode_png(events[-1]["images"][0]).size == (64, 64)

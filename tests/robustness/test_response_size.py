@@ -39,13 +39,11 @@ def clip_scores(images: int) -> int:
 def worst_cases() -> dict[str, int]:
     """Strict upper bounds on one response of each model, from the limits in its model-config.yaml."""
     sam, sam_handler = limits("sam"), model_yaml("sam")["handler"]
-    side, pixels = sam["max_image_side"], sam["max_image_pixels"]
-    other = max(1, min(side, pixels // side))
     max_points = sam_handler["polygon_max_points"]
-    per_mask = max(encoded_size_bound(other, side, max_points), encoded_size_bound(side, other, max_points))
-    sam_bound = sam["max_masks"] * per_mask + 512
     # the handler refuses (413) or trims any response over max_response_bytes, whatever the masks
-    sam_bound = min(sam_bound, sam.get("max_response_bytes", sam_bound))
+    # (tests/unit/test_sam_handler.py drives that path); the per-mask bound it relies on is checked
+    # against real worst-case encodings below
+    sam_bound = sam["max_response_bytes"]
 
     depth = limits("depth")
     depth_side = depth["max_image_side"]
@@ -85,7 +83,8 @@ def test_pipeline_limits_fit_the_models_it_calls():
     assert sam["max_masks"] <= clip["max_rois"], \
         f"sam may return {sam['max_masks']} masks; describe_regions would send clip more than its {clip['max_rois']} rois"
     assert pipe["max_rois"] <= sam["max_boxes"] and pipe["max_rois"] <= sam["max_masks"]
-    assert pipe["max_texts"] <= clip["max_texts"]
+    assert pipe["max_texts"] <= clip["max_texts"] and pipe["max_text_length"] <= clip["max_text_length"]
+    assert pipe["max_prompt_length"] <= limits("sd")["max_prompt_length"]
     for name in ("clip", "sam", "depth", "pose"):
         model = limits(name)
         assert pipe["max_image_side"] <= model["max_image_side"], name

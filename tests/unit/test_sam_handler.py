@@ -12,7 +12,7 @@ from handlers.common.masks import (encode_mask, encoded_size_bound, mask_to_box,
                                    rle_to_mask)
 from handlers.common import weights_dir
 from handlers.segmenter import Segmenter
-from harness import REPO, load_handler, png_b64, png_bytes, run_batch, sample_image
+from harness import model_config, REPO, load_handler, png_b64, png_bytes, run_batch, sample_image
 
 WIDTH, HEIGHT = 61, 37  # odd, non-square: masks must come back at exactly this size
 AUTOMATIC = {"points_per_side": 4, "points_per_batch": 5, "pred_iou_thresh": 0, "stability_score_thresh": 0}
@@ -227,7 +227,10 @@ def test_worst_case_response_fits_the_server_limit():
     config = (REPO / "config.properties").read_text()
     server_limit = int(re.search(r"^max_response_size=(\d+)", config, re.M).group(1))
     assert handler.worst_case_response <= handler.max_response_bytes <= server_limit
-    assert handler.settings.limits.max_image_side == 2048 and handler.max_masks == 24
+    # what the handler enforces is what the yaml says, not a number of its own
+    shipped = model_config("sam")["handler"]["limits"]
+    assert handler.settings.limits.max_image_side == shipped["max_image_side"]
+    assert handler.max_masks == shipped["max_masks"]
 
 
 @pytest.mark.parametrize("height, width", [(37, 61), (64, 64), (1, 9), (33, 1)])

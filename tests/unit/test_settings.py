@@ -67,22 +67,6 @@ def test_settings_are_frozen():
         loaded.steps = 3  # type: ignore[misc]
 
 
-def test_the_pipelines_up_front_limits_never_exceed_the_models_it_calls():
-    pipeline = load_settings(PipelineSettings, handler_section("pipeline")).limits
-    clip = load_settings(ClipSettings, handler_section("clip")).limits
-    sam = load_settings(SamSettings, handler_section("sam"))
-    sd = load_settings(SdSettings, handler_section("sd")).limits
-    for analyzer in (clip, sam.limits, load_settings(DepthSettings, handler_section("depth")).limits,
-                     load_settings(PoseSettings, handler_section("pose")).limits):
-        assert pipeline.max_image_side <= analyzer.max_image_side
-        assert pipeline.max_image_pixels <= analyzer.max_image_pixels
-    assert pipeline.max_texts <= clip.max_texts and pipeline.max_text_length <= clip.max_text_length
-    assert pipeline.max_rois <= sam.limits.max_boxes
-    assert pipeline.max_prompt_length <= sd.max_prompt_length
-    # describe_regions sends clip one roi per sam mask
-    assert clip.max_rois >= sam.limits.max_masks >= sam.automatic.max_masks
-
-
 def test_the_workflow_spec_is_sized_from_the_pipelines_yaml(tmp_path):
     from render_model_config import workflow_spec
 
