@@ -18,6 +18,7 @@ class ClipLimits(ImageLimits):
     max_texts: int = Field(ge=1)
     max_text_length: int = Field(ge=1)
     max_rois: int = Field(ge=0)
+    max_images: int = Field(ge=1)  # images of one `images` request (the reference image not counted)
 
 
 class ClipSettings(HandlerSettings):
@@ -76,7 +77,11 @@ class SamSettings(HandlerSettings):
     limits: SamLimits
 
 
-class SdLimits(Settings):
+# The control types the `sd` handler knows (DESIGN §11); the yaml's control.types picks which to load
+ControlType = Literal["depth", "pose", "canny"]
+
+
+class SdLimits(ImageLimits):               # max_image_side / max_image_pixels: each control image
     max_prompts: int = Field(ge=1)         # prompts (= images) per request
     max_prompt_length: int = Field(ge=1)   # characters per prompt / negative prompt
     min_side: int = Field(ge=8)
@@ -84,6 +89,25 @@ class SdLimits(Settings):
     max_pixels: int = Field(ge=64)
     max_steps: int = Field(ge=1)
     max_guidance_scale: float = Field(ge=0)
+    max_controls: int = Field(ge=1)        # entries of `control`
+    max_control_scale: float = Field(ge=0)
+
+
+class SdControlSettings(Settings):
+    """ControlNets to load (``<weights>/controlnet/<type>/``) and a control entry's defaults."""
+
+    types: list[ControlType]               # a listed type whose folder is absent is skipped, with a warning
+    scale: float = Field(ge=0)
+    start: float = Field(ge=0, le=1)
+    end: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> SdControlSettings:
+        if self.start >= self.end:
+            raise ValueError("start (the default) must be < end")
+        if len(set(self.types)) != len(self.types):
+            raise ValueError("types must be distinct")
+        return self
 
 
 class SdSettings(HandlerSettings):
@@ -97,7 +121,14 @@ class SdSettings(HandlerSettings):
     exact_seeds: bool | Literal["auto"]
     compile_unet: bool | dict[str, Any]    # torch.compile options, or true for the defaults
     warmup: bool                           # one generation at load (always, when compile_unet is on)
+    control: SdControlSettings
     limits: SdLimits
+
+    @model_validator(mode="after")
+    def _control_defaults_within_limits(self) -> SdSettings:
+        if self.control.scale > self.limits.max_control_scale:
+            raise ValueError("control.scale (the default) is over limits.max_control_scale")
+        return self
 
 
 class CaptionLimits(ImageLimits):

@@ -1,18 +1,29 @@
 """``sd``: text -> image with diffusers' ``StableDiffusionPipeline``, batched across requests.
 
 Request ``{"prompt": str | [str], "negative_prompt"?: str | [str], "width"?, "height"?, "steps"?,
-"guidance_scale"?, "seed"?, "scheduler"?, "stream"?}`` -> ``{"images": [b64 png], "seeds": [int],
-"model"}``. A prompt list of K gives K images seeded ``seed, seed+1, ...`` (mod 2**32; a random
-``seed`` when none is sent), so resending ``seeds[0]`` reproduces the whole request and ``seeds[j]``
-alone reproduces image j.
+"guidance_scale"?, "seed"?, "scheduler"?, "stream"?, "control"?: [{"type", "image", "scale"?,
+"start"?, "end"?}]}`` -> ``{"images": [b64 png], "seeds": [int], "model"}``. A prompt list of K
+gives K images seeded ``seed, seed+1, ...`` (mod 2**32; a random ``seed`` when none is sent), so
+resending ``seeds[0]`` reproduces the whole request and ``seeds[j]`` alone reproduces image j.
+
+Control (DESIGN §11): each ``control`` entry conditions the generation on an image through the
+ControlNet of its ``type`` (depth, pose or canny), loaded in this worker at start and sharing the
+pipeline's UNet, VAE and text encoder: a request with control runs in a
+``StableDiffusionControlNetPipeline`` built over the same components (``MultiControlNetModel``
+for several types, always in one order, depth, pose, canny, so the sum of their residuals does not
+depend on the order a request lists them). Without ``width``/``height`` the output takes the
+first control image's size, scaled to fit the limits; control images are resized to the output size
+by diffusers' own control image processor.
 
 Batching: the requests of a TorchServe batch that share (width, height, steps, guidance_scale,
-scheduler) run as ONE pipeline call, every image with its own CPU ``torch.Generator`` seeded from its
-own seed. Each call gets a fresh pipeline object and a fresh scheduler built from the weights'
-scheduler config, so nothing stateful is shared between calls. Prompts are encoded one at a time
-and the VAE decodes one image at a time; with ``exact_seeds`` (the default on CPU) the UNet also runs
-each image's guidance pair as its own forward, so every kernel sees exactly the shapes it sees for
-an unbatched request and a seed gives the bit-identical image alone or batched.
+scheduler, and the control types with each one's scale, start and end) run as ONE pipeline call,
+every image with its own CPU ``torch.Generator`` seeded from its own seed. Each call gets a fresh
+pipeline object and a fresh scheduler built from the weights' scheduler config, so nothing stateful
+is shared between calls. Prompts are encoded one at a time
+and the VAE decodes one image at a time; with ``exact_seeds`` (the default on CPU) the UNet and each
+ControlNet also run each image's guidance pair as their own forward (the ControlNets' residuals
+split per image on their way into the UNet), so every kernel sees exactly the shapes it sees for an
+unbatched request and a seed gives the bit-identical image alone or batched.
 
 Streaming: with ``"stream": true`` the request runs in a pipeline call of its own and sends
 ``{"request_id", "step", "steps"}`` after every denoising step (``steps`` counts the UNet passes
@@ -23,20 +34,25 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import secrets
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, get_args
 
 import torch
 from diffusers import (
+    ControlNetModel,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
 )
+from diffusers.models.controlnets.controlnet import ControlNetOutput
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from handlers.common import (
@@ -47,6 +63,7 @@ from handlers.common import (
     Result,
     check_number,
     check_str,
+    decode_image,
     encode_png,
     get_bool,
     get_float,
@@ -57,11 +74,14 @@ from handlers.common import (
     weights_dir,
 )
 from handlers.common.payload import json_type
-from handlers.model_settings import SdSettings
+from handlers.model_settings import ControlType, SdSettings
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler", "stream")
+FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler", "stream",
+          "control")
+CONTROL_FIELDS = ("type", "image", "scale", "start", "end")
+CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)  # the types the contract knows, loaded or not
 SEED_SPACE = 2**32  # seeds are 0 .. 2**32 - 1; a prompt list's seeds wrap around
 
 # name -> (scheduler class, or None for the weights' own; options over the weights' scheduler config)
@@ -74,7 +94,6 @@ SCHEDULERS: dict[str, tuple[type | None, dict[str, Any]]] = {
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
-
 
 
 class TextToImage(BatchHandler):
@@ -114,9 +133,25 @@ class TextToImage(BatchHandler):
             self._unet_forward = torch.compile(self._unet_forward, **options)
             unet.forward = self._unet_forward
         self.exact_seeds = _exact_seeds(settings.exact_seeds, self.device)
+        self.controlnets = self._load_controlnets(path)
         self.warmed_up = False
         if compile_options or settings.warmup:
             self._warm_up()
+
+    def _load_controlnets(self, path: Any) -> dict[str, ControlNetModel]:
+        """The yaml's control types whose weights are installed, in the yaml's order; the others are
+        logged and refused per request (a 400 on ``control[i].type``), not a failed load."""
+        controlnets: dict[str, ControlNetModel] = {}
+        for control_type in self.settings.control.types:
+            folder = path / "controlnet" / control_type
+            if not (folder / "config.json").exists():
+                logger.warning("sd: no %s ControlNet in %s; requests with control type %r get a 400",
+                               control_type, folder, control_type)
+                continue
+            net = ControlNetModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+            controlnets[control_type] = net
+        logger.info("sd: ControlNets loaded: %s", ", ".join(controlnets) or "none")
+        return controlnets
 
     def _check_defaults(self) -> None:
         """A model-config.yaml whose defaults break its own limits fails at load, not per request."""
@@ -144,7 +179,8 @@ class TextToImage(BatchHandler):
         reject_unknown(payload, FIELDS)
         prompts = self._prompts(payload)
         negatives = self._negatives(payload, len(prompts))
-        width, height = self._size(payload)
+        controls = self._controls(payload)
+        width, height = self._size(payload, self._control_size(controls[0]["image"].size) if controls else None)
         steps = self._steps(payload)
         guidance = self._guidance(payload)
         seed = get_int(payload, "seed", minimum=0, maximum=SEED_SPACE - 1)
@@ -155,7 +191,9 @@ class TextToImage(BatchHandler):
         return {"prompts": prompts, "negatives": negatives,
                 "seeds": [(seed + i) % SEED_SPACE for i in range(len(prompts))],
                 "width": width, "height": height, "steps": steps, "guidance_scale": guidance,
-                "scheduler": scheduler, "stream": stream}
+                "scheduler": scheduler, "stream": stream,
+                # the yaml's type order, so requests listing the same types in any order share a call
+                "controls": sorted(controls, key=lambda control: CONTROL_TYPES.index(control["type"]))}
 
     def _prompts(self, payload: dict[str, Any]) -> list[str]:
         limits = self.settings.limits
@@ -179,7 +217,78 @@ class TextToImage(BatchHandler):
         return [check_str(item, f"negative_prompt[{i}]", max_len=max_len, allow_empty=True)
                 for i, item in enumerate(value)]
 
-    def _size(self, payload: dict[str, Any]) -> tuple[int, int]:
+    def _controls(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        """``control``: each entry checked field by field (``control[1].scale: ...``), in request order."""
+        value = payload.get("control")
+        if value is None:
+            return []
+        limits = self.settings.limits
+        if not isinstance(value, list):
+            raise InputError("control", f"must be a list of {{type, image, scale?, start?, end?}} objects, "
+                                        f"got {json_type(value)}")
+        if not value:
+            raise InputError("control", "must not be an empty list (leave it out for no control)")
+        if len(value) > limits.max_controls:
+            raise LimitError("control", f"has {len(value)} entries; the limit is {limits.max_controls}")
+        controls: list[dict[str, Any]] = []
+        for i, entry in enumerate(value):
+            controls.append(self._control(entry, f"control[{i}]", [c["type"] for c in controls]))
+        return controls
+
+    def _control(self, entry: Any, field: str, earlier_types: list[str]) -> dict[str, Any]:
+        if not isinstance(entry, dict):
+            raise InputError(field, f"must be an object {{type, image, scale?, start?, end?}}, got {json_type(entry)}")
+        for key in entry:
+            if key not in CONTROL_FIELDS:
+                raise InputError(f"{field}.{key}", f"unknown field; a control entry has {', '.join(CONTROL_FIELDS)}")
+        control_type = entry.get("type")
+        if control_type is None:
+            raise InputError(f"{field}.type", "is required")
+        check_str(control_type, f"{field}.type", max_len=100)
+        if control_type not in CONTROL_TYPES:
+            raise InputError(f"{field}.type", f"unknown control type {control_type!r}; choose one of "
+                                              f"{', '.join(CONTROL_TYPES)}")
+        if control_type in earlier_types:
+            first = earlier_types.index(control_type)
+            raise InputError(f"{field}.type",
+                             f"{control_type!r} is already control[{first}]; each type may appear once")
+        if control_type not in self.controlnets:
+            installed = ", ".join(self.controlnets) or "none"
+            raise InputError(f"{field}.type", f"no {control_type} ControlNet is installed on this server "
+                                              f"(installed: {installed})")
+        defaults, limits = self.settings.control, self.settings.limits
+
+        def number(key: str, default: float, maximum: float) -> float:
+            value = entry.get(key)
+            if value is None:
+                return default
+            return float(check_number(value, f"{field}.{key}", minimum=0, maximum=maximum))
+
+        scale = number("scale", defaults.scale, limits.max_control_scale)
+        start = number("start", defaults.start, 1)
+        end = number("end", defaults.end, 1)
+        if start >= end:
+            raise InputError(f"{field}.start", f"must be < end ({end:g}), got {start:g}")
+        image = decode_image(entry.get("image"), limits, field=f"{field}.image")
+        return {"type": control_type, "image": image, "scale": scale, "start": start, "end": end}
+
+    def _control_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """A control image's (width, height) scaled to fit the size limits, aspect kept, multiples of 8."""
+        limits = self.settings.limits
+        width, height = size
+        scale = min(1.0, limits.max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
+        return self._legal_side(width * scale), self._legal_side(height * scale)
+
+    def _legal_side(self, length: float) -> int:
+        """``length`` rounded down to a multiple of 8 (the VAE's factor), within [min_side, max_side]."""
+        limits, multiple = self.settings.limits, self.size_multiple
+        smallest = -(-limits.min_side // multiple) * multiple
+        largest = limits.max_side // multiple * multiple
+        return min(max(smallest, int(length) // multiple * multiple), largest)
+
+    def _size(self, payload: dict[str, Any], fallback: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(width, height): the request's, else ``fallback`` (the first control image's size, its aspect
+        kept when only one side is given), else the yaml's defaults."""
         sides = {}
         for field, default in (("width", self.default_width), ("height", self.default_height)):
             value = payload.get(field)
@@ -192,11 +301,25 @@ class TextToImage(BatchHandler):
                 raise InputError(field, f"must be a multiple of {self.size_multiple}, got {side}")
             sides[field] = side
         width, height = sides["width"], sides["height"]
+        if fallback is not None:
+            width, height = self._fallback_size(payload, width, height, fallback)
         max_pixels = self.settings.limits.max_pixels
         if width * height > max_pixels:
             field = "width" if payload.get("width") is not None else "height"
             raise LimitError(field, f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
         return width, height
+
+    def _fallback_size(self, payload: dict[str, Any], width: int, height: int,
+                       fallback: tuple[int, int]) -> tuple[int, int]:
+        given_width, given_height = payload.get("width") is not None, payload.get("height") is not None
+        if given_width and given_height:
+            return width, height
+        if not given_width and not given_height:
+            return fallback
+        ratio = fallback[1] / fallback[0]  # height / width of the control image
+        if given_width:
+            return width, self._legal_side(width * ratio)
+        return self._legal_side(height / ratio), height
 
     def _steps(self, payload: dict[str, Any]) -> int:
         return int(get_int(payload, "steps", default=self.default_steps, minimum=1,
@@ -228,7 +351,8 @@ class TextToImage(BatchHandler):
         return results
 
     def generate(self, group: list[dict[str, Any]], batch: Batch | None) -> list[Result]:
-        """One pipeline call for a group of requests sharing size, steps, guidance and scheduler.
+        """One pipeline call for a group of requests sharing size, steps, guidance, scheduler and control
+        settings (each request its own control images).
 
         ``batch`` places the group's requests in TorchServe's batch (for a streamed request's
         progress events); None for the warm-up."""
@@ -240,7 +364,9 @@ class TextToImage(BatchHandler):
         prompt_embeds = self.encode(prompts)
         negative_embeds = self.encode(negatives) if guided else None
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        pipe = self.pipeline(first["scheduler"])
+        control_types = [control["type"] for control in first["controls"]]
+        pipe = self.pipeline(first["scheduler"], control_types)
+        controlnets = [self.controlnets[control_type] for control_type in control_types]
 
         step_times: list[float] = []
 
@@ -252,11 +378,11 @@ class TextToImage(BatchHandler):
 
         streamed = batch is not None and first["stream"]
         started = time.perf_counter()
-        with self._unet_per_image(len(prompts)):
+        with self._unet_per_image(len(prompts)), self._controlnets_per_image(len(prompts), controlnets):
             images = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                           width=first["width"], height=first["height"], num_inference_steps=first["steps"],
                           guidance_scale=first["guidance_scale"], generator=generators, output_type="pil",
-                          callback_on_step_end=on_step_end).images
+                          callback_on_step_end=on_step_end, **control_arguments(group)).images
         self.pipeline_calls += 1
         if step_times:
             self.add_metric("DenoisingStepsPerSecond", len(step_times) / max(step_times[-1] - started, 1e-9),
@@ -280,12 +406,20 @@ class TextToImage(BatchHandler):
                 found[text] = self.pipe.encode_prompt(text, self.device, 1, False)[0]
         return torch.cat([found[text] for text in texts])
 
-    def pipeline(self, scheduler: str) -> StableDiffusionPipeline:
-        """A pipeline object for one call: the shared models, a scheduler of its own."""
+    def pipeline(self, scheduler: str, control_types: list[str] = ()) -> StableDiffusionPipeline:
+        """A pipeline object for one call: the shared models, a scheduler of its own, and the ControlNets
+        of ``control_types`` (a ``StableDiffusionControlNetPipeline`` over the same UNet, VAE and text
+        encoder: no weights are copied)."""
         cls, options = SCHEDULERS[scheduler]
         base = self.pipe.scheduler
         fresh = (cls or type(base)).from_config(base.config, **options)
-        pipe = StableDiffusionPipeline(**{**self.pipe.components, "scheduler": fresh}, requires_safety_checker=False)
+        components = {**self.pipe.components, "scheduler": fresh}
+        if control_types:
+            nets = [self.controlnets[control_type] for control_type in control_types]
+            controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+            pipe = StableDiffusionControlNetPipeline(**components, controlnet=controlnet, requires_safety_checker=False)
+        else:
+            pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -303,27 +437,80 @@ class TextToImage(BatchHandler):
         finally:
             unet.forward = self._unet_forward
 
-    def _unet_rows_per_image(self, images: int, sample: torch.Tensor, timestep: Any,
-                             encoder_hidden_states: torch.Tensor, *args: Any, return_dict: bool = True,
-                             **kwargs: Any) -> Any:
-        """The UNet on each image's rows (its unconditional and conditional halves) separately.
+    def _unet_rows_per_image(self, images: int, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
+        """The UNet on each image's rows (its unconditional and conditional halves) separately; a
+        ControlNet's residuals (``down_block_additional_residuals``, ``mid_block_additional_residual``)
+        are split with them (:func:`forward_per_image`)."""
+        return forward_per_image(self._unet_forward, images, UNet2DConditionOutput, *args, return_dict=return_dict,
+                                 **kwargs)
 
-        The pipeline stacks a call's rows as ``[uncond_1..uncond_N, cond_1..cond_N]``; image i's
-        forward gets rows ``(i, N + i)``, exactly the batch an unbatched request of one image sends.
-        """
-        forward = self._unet_forward
-        rows = sample.shape[0]
-        if images <= 1 or rows % images:
-            return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
-        per_image = rows // images
-        outputs = []
-        for i in range(images):
-            index = [i + k * images for k in range(per_image)]
-            picked = {key: _rows(value, index, rows) for key, value in kwargs.items()}
-            outputs.append(forward(sample[index], _rows(timestep, index, rows), encoder_hidden_states[index],
-                                   *args, return_dict=False, **picked)[0])
-        out = torch.stack(outputs, dim=1).reshape(rows, *outputs[0].shape[1:])
-        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+    @contextlib.contextmanager
+    def _controlnets_per_image(self, images: int, controlnets: list[ControlNetModel]) -> Iterator[None]:
+        """During one pipeline call of ``images`` images, with exact seeds, each of ``controlnets`` runs
+        each image's rows as a forward of its own, as the UNet does (:meth:`_unet_per_image`)."""
+        if not self.exact_seeds or images <= 1 or not controlnets:
+            yield
+            return
+        originals = [net.forward for net in controlnets]
+        for net, forward in zip(controlnets, originals):
+            net.forward = functools.partial(forward_per_image, forward, images, ControlNetOutput)
+        try:
+            yield
+        finally:
+            for net, forward in zip(controlnets, originals):
+                net.forward = forward
+
+
+def control_arguments(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """``StableDiffusionControlNetPipeline``'s control arguments for a group sharing its control
+    settings: per image (a request of K prompts gives K images), its request's control images; {}
+    without control. One ControlNet takes a list of images; several take diffusers' nested form, one
+    list per image of one image per ControlNet."""
+    controls = group[0]["controls"]
+    if not controls:
+        return {}
+    per_image = [[control["image"] for control in request["controls"]] for request in group for _ in request["prompts"]]
+    if len(controls) == 1:
+        [control] = controls
+        return {"image": [images[0] for images in per_image], "controlnet_conditioning_scale": control["scale"],
+                "control_guidance_start": control["start"], "control_guidance_end": control["end"]}
+    return {"image": per_image, "controlnet_conditioning_scale": [control["scale"] for control in controls],
+            "control_guidance_start": [control["start"] for control in controls],
+            "control_guidance_end": [control["end"] for control in controls]}
+
+
+def forward_per_image(forward: Callable[..., Any], images: int, output_class: type, *args: Any,
+                      return_dict: bool = True, **kwargs: Any) -> Any:
+    """``forward`` (a UNet's or a ControlNet's) on each image's rows separately, the outputs put back in place.
+
+    The pipeline stacks a call's rows as ``[uncond_1..uncond_N, cond_1..cond_N]``; image i's forward
+    gets rows ``(i, N + i)`` of every per-row argument (a tensor, or a tuple of tensors such as the
+    ControlNet residuals, with as many rows as the sample), exactly the batch an unbatched request of
+    one image sends.
+    """
+    sample = args[0] if args else kwargs["sample"]
+    rows = sample.shape[0]
+    if images <= 1 or rows % images:
+        return forward(*args, return_dict=return_dict, **kwargs)
+    per_image = rows // images
+    outputs = []
+    for i in range(images):
+        index = [i + k * images for k in range(per_image)]
+        picked_args = [_rows(value, index, rows) for value in args]
+        picked_kwargs = {key: _rows(value, index, rows) for key, value in kwargs.items()}
+        outputs.append(forward(*picked_args, return_dict=False, **picked_kwargs))
+    merged = _interleave(outputs)
+    return output_class(*merged) if return_dict else merged
+
+
+def _interleave(parts: list[Any]) -> Any:
+    """Per-image outputs (each image's rows, in the nesting a forward returns) as one output of all rows."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(parts, dim=1).reshape(-1, *first.shape[1:])
+    if isinstance(first, (tuple, list)):
+        return type(first)(_interleave([part[j] for part in parts]) for j in range(len(first)))
+    return first
 
 
 def plan_groups(requests: list[dict[str, Any]]) -> list[list[int]]:
@@ -333,15 +520,25 @@ def plan_groups(requests: list[dict[str, Any]]) -> list[list[int]]:
     for i, request in enumerate(requests):
         if not request["stream"]:
             key = (request["width"], request["height"], request["steps"], request["guidance_scale"],
-                   request["scheduler"])
+                   request["scheduler"], control_key(request))
             shared.setdefault(key, []).append(i)
     return streamed + list(shared.values())
 
 
+def control_key(request: dict[str, Any]) -> tuple:
+    """What diffusers takes once per call: the control types and each one's scale, start and end."""
+    return tuple((control["type"], control["scale"], control["start"], control["end"])
+                 for control in request["controls"])
+
+
 def _rows(value: Any, index: list[int], rows: int) -> Any:
-    """``value`` restricted to ``index`` when it is per-row (a tensor with ``rows`` rows), else as is."""
+    """``value`` restricted to ``index`` when it is per-row (a tensor with ``rows`` rows, or a tuple or
+    list of such tensors), else as is."""
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
         return value[index]
+    if isinstance(value, (tuple, list)) and value and all(
+            isinstance(item, torch.Tensor) and item.dim() > 0 and item.shape[0] == rows for item in value):
+        return type(value)(item[index] for item in value)
     return value
 
 

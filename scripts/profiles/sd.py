@@ -11,17 +11,38 @@ at a few milliseconds per step on a CPU, and a 512x512 one still well under a se
 arch: CompVis/stable-diffusion-v1-4's configs (UNet 320/640/1280/1280 with 768-wide
 cross-attention, VAE 128/256/512/512, CLIP ViT-L/14 text encoder), random weights, ~1.07 B
 parameters, ~4 GB in fp32.
+
+ControlNets (DESIGN §11): one ``ControlNetModel`` per control type in ``sd/controlnet/<type>/``,
+made with ``ControlNetModel.from_unet`` from the profile's UNet (so arch is SD1.5's ControlNet
+architecture, ~361 M parameters, ~1.4 GB in fp32 each) with a conditioning embedding that takes the
+control image down to latent size: one entry more than the VAE's downsamplings (4 for a factor of 8).
+``from_unet`` zero-initialises the "zero convolutions" (the residual projections and the embedding's
+last conv), as training starts; random weights there instead, so a random ControlNet changes the
+image and the tests can see the control image act. pretrained: lllyasviel's ControlNet 1.1 for SD 1.5
+(openrail licence).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from handlers.model_settings import ControlType
 
 from .tokenizer import build_tokenizer
 
-PRETRAINED = {"sd": "CompVis/stable-diffusion-v1-4"}
+CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)  # every type the handler knows; the yaml picks what it loads
+
+# subdir under the profile -> hub repo; the ControlNets nest inside sd/ (built after it)
+PRETRAINED = {
+    "sd": "CompVis/stable-diffusion-v1-4",
+    "sd/controlnet/depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "sd/controlnet/pose": "lllyasviel/control_v11p_sd15_openpose",
+    "sd/controlnet/canny": "lllyasviel/control_v11p_sd15_canny",
+}
 
 # CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json: the pipeline's own default
 # scheduler, and the noise schedule every alternative the handler offers is built from.
@@ -68,6 +89,26 @@ def text_config(profile: str, tokenizer) -> CLIPTextConfig:
                           projection_dim=768, hidden_act="quick_gelu")
 
 
+def controlnet_embedding_channels(profile: str) -> tuple[int, ...]:
+    """The conditioning embedding's widths: the first conv's, then one per stride-2 step, and the VAE
+    downsamples len(block_out_channels) - 1 times, so the control image arrives at latent size."""
+    widths = (8, 16, 16, 32) if profile == "tiny" else (16, 32, 96, 256)  # arch: SD1.5 ControlNet's
+    downsamplings = len(vae_config(profile)["block_out_channels"]) - 1
+    assert len(widths) == downsamplings + 1, "one embedding width more than the VAE's downsamplings"
+    return widths
+
+
+def build_controlnet(unet: UNet2DConditionModel, profile: str) -> ControlNetModel:
+    """A ControlNet for ``unet``'s architecture with random weights in its zero convolutions too."""
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=controlnet_embedding_channels(profile))
+    zeroed = [net.controlnet_cond_embedding.conv_out, net.controlnet_mid_block, *net.controlnet_down_blocks]
+    with torch.no_grad():
+        for conv in zeroed:
+            torch.nn.init.normal_(conv.weight, std=0.05)
+            torch.nn.init.normal_(conv.bias, std=0.05)
+    return net
+
+
 def build(profile: str, root: Path) -> None:
     if profile not in ("tiny", "arch"):
         raise ValueError(f"sd: no random-weight build for profile {profile!r}")
@@ -83,3 +124,5 @@ def build(profile: str, root: Path) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(root / "sd")
+    for control_type in CONTROL_TYPES:  # each its own random draw (seeded once by build_models.py)
+        build_controlnet(pipe.unet, profile).save_pretrained(root / "sd" / "controlnet" / control_type)
