@@ -61,14 +61,13 @@ def make_app(handlers: dict[str, Any], profile: str, threads: int | None = None)
     import torch
     from flask import Flask, jsonify, request
 
-    from handlers.common import InputError, ServerError
+    from handlers.common import InputError, ServerError, load_settings
     from harness import model_config, run_batch
-    from workflows.connect import pipeline_settings
-    from workflows.stages import (Stages, StageFailure, _assemble, _describe_regions, generate,
+    from workflows.stages import (PipelineSettings, Stages, StageFailure, _assemble, _describe_regions, generate,
                                   parse_request)
 
     # the pipeline model's limits and stage timeouts, as the deployment uses them
-    settings = pipeline_settings(model_config("pipeline", profile)["handler"])
+    settings = load_settings(PipelineSettings, model_config("pipeline", profile)["handler"])
     locks = {name: threading.Lock() for name in handlers}
 
     def call(model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Run the CPU benchmarks and report each figure with its goal: ``make bench``.
 
     python benchmarks/run.py                  # everything (CPU set: ~10-15 min on 2 cores)
-    python benchmarks/run.py --only tiny      # sections: efficiency, tiny, arch, gpu
+    python benchmarks/run.py --only tiny      # sections: efficiency, tiny, arch, gpu, deployments
+    python benchmarks/run.py --only deployments   # the same models on TorchServe, Ray Serve, BentoML, PyTriton, Flask
     python benchmarks/run.py --quick          # fewer repetitions
     python benchmarks/run.py --smoke          # the harness on tiny weights only (~2 min; figures meaningless)
     python benchmarks/run.py --peer-arch      # also the peer baseline on arch (long: sam ViT-H per request)
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 from benchlib import Figure, log  # noqa: E402
 
-SECTIONS = ("efficiency", "tiny", "arch", "gpu")
+SECTIONS = ("efficiency", "tiny", "arch", "gpu", "deployments")
 
 
 def section_efficiency(args) -> list[Figure]:
@@ -58,6 +59,13 @@ def section_deployment(profile: str, args) -> list[Figure]:
     finally:
         dep.stop()
     return figures
+
+
+def section_deployments(args) -> list[Figure]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "deployments"))
+    import bench as deployments_bench
+
+    return deployments_bench.run(quick=args.quick, tiny_threads=args.tiny_threads, arch=not args.smoke)
 
 
 def section_gpu(args) -> list[Figure]:
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiny": lambda: section_deployment("tiny", args),
         "arch": lambda: [] if args.smoke else section_deployment("arch", args),
         "gpu": lambda: section_gpu(args),
+        "deployments": lambda: section_deployments(args),
     }
     figures: list[Figure] = []
     failures: dict[str, str] = {}

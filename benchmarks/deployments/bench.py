@@ -19,6 +19,7 @@ moves their ratio: each stack's figures carry the CPU others used meanwhile (ben
     python benchmarks/run.py --only deployments            # everything (~15-25 min on 2 cores)
     python benchmarks/deployments/bench.py --stacks ray flask --quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,24 +31,23 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))   # benchlib (benchmarks/ is not a package), as run.py does
+sys.path.insert(0, str(HERE.parent))  # benchlib (benchmarks/ is not a package), as run.py does
 
 import benchlib as bl  # noqa: E402
-from benchlib import Figure, figure, log  # noqa: E402
-
 import features  # noqa: E402
 import serving  # noqa: E402
+from benchlib import Figure, figure, log  # noqa: E402
 from stacks import STACKS, Stack  # noqa: E402
 
 ORDER = ("torchserve", "ray", "bentoml", "pytriton", "flask")
 CONCURRENCY = (1, 8, 32)
-TEXTS = ["a red bicycle", "a tree", "a cat", "a car", "a house"]   # pipeline_bench.TEXTS
+TEXTS = ["a red bicycle", "a tree", "a cat", "a car", "a house"]  # pipeline_bench.TEXTS
 
 
 def request_plan(quick: bool) -> dict[str, dict[int, int]]:
     """Requests sent per concurrency (bounded: the whole part stays well under 25 minutes)."""
     scale = 0.5 if quick else 1.0
-    plans = {"pipeline": {1: 12, 8: 48, 32: 96}, "clip": {1: 24, 8: 96, 32: 192}, "clip-arch": {1: 8, 8: 32, 32: 64}}
+    plans = {"pipeline": {1: 24, 8: 96, 32: 192}, "clip": {1: 40, 8: 160, 32: 320}, "clip-arch": {1: 8, 8: 32, 32: 64}}
     return {k: {c: max(c, int(n * scale)) for c, n in v.items()} for k, v in plans.items()}
 
 
@@ -95,25 +95,38 @@ def load(stack: Stack, model: str, bodies: list[dict[str, Any]], concurrency: in
     failures.clear()
     measured = bl.closed_loop(lambda i: send(i + concurrency), concurrency, requests_total=len(bodies) - concurrency)
     latency = bl.percentiles(measured.latencies)
-    return {"requests": len(measured.ends), "errors": len(measured.errors), "error_samples": failures[:3],
-            "throughput_rps": len(measured.ends) / measured.wall if measured.wall else None,
-            "p50_s": latency.get("p50"), "p99_s": latency.get("p99"), "latency_s": latency,
-            "batch_size_mean": (sum(sizes) / len(sizes)) if sizes else None, "batch_size_max": max(sizes, default=None)}
+    return {
+        "requests": len(measured.ends),
+        "errors": len(measured.errors),
+        "error_samples": failures[:3],
+        "throughput_rps": len(measured.ends) / measured.wall if measured.wall else None,
+        "p50_s": latency.get("p50"),
+        "p99_s": latency.get("p99"),
+        "latency_s": latency,
+        "batch_size_mean": (sum(sizes) / len(sizes)) if sizes else None,
+        "batch_size_max": max(sizes, default=None),
+    }
 
 
 def warm_every_model(stack: Stack, models: list[str], bodies: Bodies) -> None:
     """One request to each model: their weights are touched (lazily mapped safetensors)."""
     image = bodies.images(1, 64)[0]
-    warm = {"clip": {"image": image, "texts": TEXTS}, "sd": {"prompt": "warm-up", "seed": 0},
-            "sam": {"image": image, "roi": [[5, 5, 50, 50]]}, "depth": {"image": image}, "pose": {"image": image}}
+    warm = {
+        "clip": {"image": image, "texts": TEXTS},
+        "sd": {"prompt": "warm-up", "seed": 0},
+        "sam": {"image": image, "roi": [[5, 5, 50, 50]]},
+        "depth": {"image": image},
+        "pose": {"image": image},
+    }
     for name in models:
         answer = stack.post(name, warm.get(name, {"image": image}))
         if answer.status != 200:
             raise RuntimeError(f"{stack.name}: warm-up {name} -> {answer.status}: {str(answer.body)[:300]}")
 
 
-def measure_tiny(name: str, plan: dict[str, Any], plan_path: Path, requests_per: dict[str, dict[int, int]],
-                 bodies: Bodies) -> dict[str, Any]:
+def measure_tiny(
+    name: str, plan: dict[str, Any], plan_path: Path, requests_per: dict[str, dict[int, int]], bodies: Bodies
+) -> dict[str, Any]:
     stack = STACKS[name](plan, plan_path)
     result: dict[str, Any] = {"stack": name}
     watch = bl.CpuWatch()
@@ -127,8 +140,10 @@ def measure_tiny(name: str, plan: dict[str, Any], plan_path: Path, requests_per:
             if answer.status != 200:
                 raise RuntimeError(f"{name}: warm-up pipeline -> {answer.status}: {str(answer.body)[:300]}")
         result["memory"] = stack.rss_mib()
-        log(f"deployments tiny: {name} ready in {stack.ready_s:.1f}s, "
-            f"RSS {result['memory']['rss_mib'] / 1024:.2f} GiB over {len(result['memory']['processes'])} processes")
+        log(
+            f"deployments tiny: {name} ready in {stack.ready_s:.1f}s, "
+            f"RSS {result['memory']['rss_mib'] / 1024:.2f} GiB over {len(result['memory']['processes'])} processes"
+        )
         for model, key in ((serving.PIPELINE, "pipeline"), ("clip", "clip")):
             for concurrency in CONCURRENCY:
                 count = requests_per[key][concurrency]
@@ -147,8 +162,9 @@ def measure_tiny(name: str, plan: dict[str, Any], plan_path: Path, requests_per:
     return result
 
 
-def measure_arch_clip(name: str, plan: dict[str, Any], plan_path: Path, requests_per: dict[int, int],
-                      bodies: Bodies) -> dict[str, Any]:
+def measure_arch_clip(
+    name: str, plan: dict[str, Any], plan_path: Path, requests_per: dict[int, int], bodies: Bodies
+) -> dict[str, Any]:
     stack = STACKS[name](plan, plan_path)
     result: dict[str, Any] = {"stack": name}
     watch = bl.CpuWatch()
@@ -185,24 +201,37 @@ def run(quick: bool = False, stacks: list[str] | None = None, tiny_threads: int 
     models = serving.pipeline_models()
     bl.ensure_weights("tiny", models)
     work = bl.WORK / "deployments"
-    tiny_plan = {**serving.serving_plan("tiny", [*models, serving.PIPELINE], tiny_threads or None),
-                 "threads_override": bool(tiny_threads)}
+    tiny_plan = {
+        **serving.serving_plan("tiny", [*models, serving.PIPELINE], tiny_threads or None),
+        "threads_override": bool(tiny_threads),
+    }
     tiny_path = serving.write_plan(work / "plan-tiny.json", tiny_plan)
-    log(f"deployments: plan {tiny_path}: " + ", ".join(
-        f"{m} batch {s['batch_size']}/{s['max_batch_delay_ms']} ms/{s['workers']} worker(s)/{s['torch_threads']} thr"
-        for m, s in tiny_plan["serving"].items()))
+    log(
+        f"deployments: plan {tiny_path}: "
+        + ", ".join(
+            f"{m} batch {s['batch_size']}/{s['max_batch_delay_ms']} ms/"
+            f"{s['workers']} worker(s)/{s['torch_threads']} thr"
+            for m, s in tiny_plan["serving"].items()
+        )
+    )
     tiny = {name: measure_tiny(name, tiny_plan, tiny_path, requests_per, bodies) for name in chosen}
     arch_results: dict[str, dict[str, Any]] = {}
     if arch:
         bl.ensure_weights("arch", ["clip"])
         arch_plan = {**serving.serving_plan("arch", ["clip"], None), "threads_override": False}
         arch_path = serving.write_plan(work / "plan-arch-clip.json", arch_plan)
-        arch_results = {name: measure_arch_clip(name, arch_plan, arch_path, requests_per["clip-arch"], bodies)
-                        for name in chosen}
+        arch_results = {
+            name: measure_arch_clip(name, arch_plan, arch_path, requests_per["clip-arch"], bodies) for name in chosen
+        }
     cited = features.cited(chosen)
-    report = {"tiny": tiny, "arch_clip": arch_results, "plan": {"tiny": tiny_plan},
-              "glue_lines": {name: glue_lines(name) for name in chosen}, "cited": cited,
-              "requests": requests_per}
+    report = {
+        "tiny": tiny,
+        "arch_clip": arch_results,
+        "plan": {"tiny": tiny_plan},
+        "glue_lines": {name: glue_lines(name) for name in chosen},
+        "cited": cited,
+        "requests": requests_per,
+    }
     bl.write_json(bl.RESULTS / "deployments-raw.json", report)
     table = markdown(report, chosen)
     (bl.RESULTS / "deployments.md").write_text(table)
@@ -229,29 +258,50 @@ def markdown(report: dict[str, Any], chosen: list[str]) -> str:
     tiny, arch = report["tiny"], report["arch_clip"]
     base_tiny, base_arch = tiny.get("torchserve"), arch.get("torchserve")
     m = bl.machine()
-    lines = [f"## Deployment comparison ({m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}, "
-             f"{time.strftime('%Y-%m-%d')})", "",
-             "| figure | " + " | ".join(chosen) + " |", "|---|" + "---|" * len(chosen)]
+    lines = [
+        f"## Deployment comparison ({m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}, "
+        f"{time.strftime('%Y-%m-%d')})",
+        "",
+        "| figure | " + " | ".join(chosen) + " |",
+        "|---|" + "---|" * len(chosen),
+    ]
 
     def row(title: str, cells: list[str]) -> None:
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
 
-    for key, label, results, base in [("pipeline", "pipeline (tiny, image-in)", tiny, base_tiny),
-                                      ("clip", "clip (tiny)", tiny, base_tiny),
-                                      ("clip", "clip (arch ViT-B/32)", arch, base_arch)]:
+    for key, label, results, base in [
+        ("pipeline", "pipeline (tiny, image-in)", tiny, base_tiny),
+        ("clip", "clip (tiny)", tiny, base_tiny),
+        ("clip", "clip (arch ViT-B/32)", arch, base_arch),
+    ]:
         if not results:
             continue
         for c in CONCURRENCY:
             k = f"{key}@{c}"
-            row(f"{label} @{c}: req/s (vs TS)",
-                [f"{_cell(results.get(s), k, 'throughput_rps', '.2f')} ({_ratio(results.get(s), base, k, 'throughput_rps')})"
-                 for s in chosen])
-            row(f"{label} @{c}: p50 / p99 s",
-                [f"{_cell(results.get(s), k, 'p50_s', '.3f')} / {_cell(results.get(s), k, 'p99_s', '.3f')}" for s in chosen])
+            row(
+                f"{label} @{c}: req/s (vs TS)",
+                [
+                    f"{_cell(results.get(s), k, 'throughput_rps', '.2f')} "
+                    f"({_ratio(results.get(s), base, k, 'throughput_rps')})"
+                    for s in chosen
+                ],
+            )
+            row(
+                f"{label} @{c}: p50 / p99 s",
+                [
+                    f"{_cell(results.get(s), k, 'p50_s', '.3f')} / {_cell(results.get(s), k, 'p99_s', '.3f')}"
+                    for s in chosen
+                ],
+            )
         if key == "clip":
-            row(f"{label} @32: mean / max batch",
-                [f"{_cell(results.get(s), 'clip@32', 'batch_size_mean', '.1f')} / "
-                 f"{_cell(results.get(s), 'clip@32', 'batch_size_max', 'd')}" for s in chosen])
+            row(
+                f"{label} @32: mean / max batch",
+                [
+                    f"{_cell(results.get(s), 'clip@32', 'batch_size_mean', '.1f')} / "
+                    f"{_cell(results.get(s), 'clip@32', 'batch_size_max', 'd')}"
+                    for s in chosen
+                ],
+            )
 
     def simple(title: str, get) -> None:
         cells = []
@@ -264,18 +314,35 @@ def markdown(report: dict[str, Any], chosen: list[str]) -> str:
 
     simple("start-up to ready, tiny (s)", lambda s: f"{tiny[s]['ready_s']:.1f}")
     simple("start-up to ready, arch clip only (s)", lambda s: f"{arch[s]['ready_s']:.1f}")
-    simple("RSS, everything loaded, tiny (GiB, vs TS)", lambda s: (
-        f"{tiny[s]['memory']['rss_mib'] / 1024:.2f} "
-        f"({tiny[s]['memory']['rss_mib'] / base_tiny['memory']['rss_mib']:.2f}x), "
-        f"{len(tiny[s]['memory']['processes'])} proc"))
-    simple("glue code lines (files)", lambda s: (
-        f"{sum(report['glue_lines'][s].values())} ({len(report['glue_lines'][s])})"))
-    simple("others' CPU during tiny / arch (cores)", lambda s: (
-        f"{tiny[s]['busy']['others_cores']} / {arch[s]['busy']['others_cores'] if s in arch else '—'}"))
-    failed = [(s, part, r["failed"]) for part, results in (("tiny", tiny), ("arch", arch))
-              for s, r in results.items() if r.get("failed")]
-    lines += ["", "### Features (probe: measured by this run; cited: the installed package, file and symbol checked)", "",
-              "| feature | " + " | ".join(chosen) + " |", "|---|" + "---|" * len(chosen)]
+    simple(
+        "RSS, everything loaded, tiny (GiB, vs TS)",
+        lambda s: (
+            f"{tiny[s]['memory']['rss_mib'] / 1024:.2f} "
+            f"({tiny[s]['memory']['rss_mib'] / base_tiny['memory']['rss_mib']:.2f}x), "
+            f"{len(tiny[s]['memory']['processes'])} proc"
+        ),
+    )
+    simple(
+        "glue code lines (files)",
+        lambda s: (f"{sum(report['glue_lines'][s].values())} ({len(report['glue_lines'][s])})"),
+    )
+    simple(
+        "others' CPU during tiny / arch (cores)",
+        lambda s: (f"{tiny[s]['busy']['others_cores']} / {arch[s]['busy']['others_cores'] if s in arch else '—'}"),
+    )
+    failed = [
+        (s, part, r["failed"])
+        for part, results in (("tiny", tiny), ("arch", arch))
+        for s, r in results.items()
+        if r.get("failed")
+    ]
+    lines += [
+        "",
+        "### Features (probe: measured by this run; cited: the installed package, file and symbol checked)",
+        "",
+        "| feature | " + " | ".join(chosen) + " |",
+        "|---|" + "---|" * len(chosen),
+    ]
     for feature in features.FEATURES:
         cells = []
         for s in chosen:
@@ -284,8 +351,11 @@ def markdown(report: dict[str, Any], chosen: list[str]) -> str:
         row(feature, cells)
     if failed:
         lines += ["", "Could not run:"] + [f"- {s} ({part}): {why}" for s, part, why in failed]
-    lines += ["", "Glue files: " + "; ".join(f"{s}: " + ", ".join(f"{p} ({n})" for p, n in report["glue_lines"][s].items())
-                                            for s in chosen)]
+    lines += [
+        "",
+        "Glue files: "
+        + "; ".join(f"{s}: " + ", ".join(f"{p} ({n})" for p, n in report["glue_lines"][s].items()) for s in chosen),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -295,10 +365,12 @@ def figures(report: dict[str, Any], chosen: list[str]) -> list[Figure]:
     tiny, arch = report["tiny"], report["arch_clip"]
     base = tiny.get("torchserve") or {}
     letters = iter("abcdefghijklmnopqrstuvwxyz")
-    for key, results, base_results, label in (("pipeline@8", tiny, base, "pipeline tiny, 8 in flight"),
-                                              ("pipeline@32", tiny, base, "pipeline tiny, 32 in flight"),
-                                              ("clip@32", tiny, base, "clip tiny, 32 in flight"),
-                                              ("clip@32", arch, arch.get("torchserve") or {}, "clip arch, 32 in flight")):
+    for key, results, base_results, label in (
+        ("pipeline@8", tiny, base, "pipeline tiny, 8 in flight"),
+        ("pipeline@32", tiny, base, "pipeline tiny, 32 in flight"),
+        ("clip@32", tiny, base, "clip tiny, 32 in flight"),
+        ("clip@32", arch, arch.get("torchserve") or {}, "clip arch, 32 in flight"),
+    ):
         for s in chosen:
             if s == "torchserve":
                 continue
@@ -307,12 +379,29 @@ def figures(report: dict[str, Any], chosen: list[str]) -> list[Figure]:
                 ratio = base_results[key]["throughput_rps"] / r[key]["throughput_rps"]
             except (KeyError, TypeError, ZeroDivisionError):
                 ratio = None
-            note = r.get("failed") or (f"TorchServe {base_results.get(key, {}).get('throughput_rps') or 0:.2f} req/s vs "
-                                       f"{s} {r.get(key, {}).get('throughput_rps') or 0:.2f} req/s")
-            out.append(figure(f"7{next(letters)}", f"{label}: throughput, TorchServe / {s}", ratio, "x",
-                              busy=r.get("busy", {}), note=note, details={"result": r.get(key)}))
-    out.append(figure("7z", "deployment comparison table", None,
-                      note=f"see {bl.RESULTS / 'deployments.md'} (and deployments-raw.json)"))
+            note = r.get("failed") or (
+                f"TorchServe {base_results.get(key, {}).get('throughput_rps') or 0:.2f} req/s vs "
+                f"{s} {r.get(key, {}).get('throughput_rps') or 0:.2f} req/s"
+            )
+            out.append(
+                figure(
+                    f"7{next(letters)}",
+                    f"{label}: throughput, TorchServe / {s}",
+                    ratio,
+                    "x",
+                    busy=r.get("busy", {}),
+                    note=note,
+                    details={"result": r.get(key)},
+                )
+            )
+    out.append(
+        figure(
+            "7z",
+            "deployment comparison table",
+            None,
+            note=f"see {bl.RESULTS / 'deployments.md'} (and deployments-raw.json)",
+        )
+    )
     return out
 
 

@@ -4,6 +4,7 @@ A cited fact names a file of the installed package (the stack's venv; the projec
 TorchServe and Flask) and a string in it; the benchmark checks the file holds the string, so a
 citation that an upgrade made untrue shows as "not found" instead of staying in the table.
 """
+
 from __future__ import annotations
 
 import socket
@@ -11,58 +12,132 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import requests
-
 import benchlib as bl
+import requests
 import serving
 import venvs
 
-FEATURES = ("per-request errors in a batch", "dynamic batching", "model versions", "gRPC", "streaming",
-            "composition without a second copy of weights", "auth", "metrics", "Kubernetes path")
+FEATURES = (
+    "per-request errors in a batch",
+    "dynamic batching",
+    "model versions",
+    "gRPC",
+    "streaming",
+    "composition without a second copy of weights",
+    "auth",
+    "metrics",
+    "Kubernetes path",
+)
 
 # (feature, stack) -> (venv or None for the project's .venv, file under site-packages or repo:<path>, needle, fact)
 CITED: dict[tuple[str, str], tuple[str | None, str, str, str]] = {
-    ("model versions", "ray"): ("ray", "ray/serve/api.py", "def multiplexed",
-                                "no versions: a redeploy replaces the app; serve.multiplexed routes by model id"),
-    ("model versions", "bentoml"): ("bentoml", "bentoml/_internal/tag.py", "class Tag",
-                                    "model store tags name:version; one service serves one version"),
+    ("model versions", "ray"): (
+        "ray",
+        "ray/serve/api.py",
+        "def multiplexed",
+        "no versions: a redeploy replaces the app; serve.multiplexed routes by model id",
+    ),
+    ("model versions", "bentoml"): (
+        "bentoml",
+        "bentoml/_internal/tag.py",
+        "class Tag",
+        "model store tags name:version; one service serves one version",
+    ),
     ("model versions", "flask"): (None, "flask/app.py", "class Flask", "none (your own routes)"),
-    ("gRPC", "ray"): ("ray", "ray/serve/config.py", "grpc_servicer_functions",
-                      "gRPC proxy, given compiled servicer functions (not set up here)"),
-    ("gRPC", "bentoml"): ("bentoml", "bentoml_cli/serve.py", 'name="serve-grpc", hidden=True',
-                          "only for legacy 1.x services (hidden serve-grpc); none for @bentoml.service"),
+    ("gRPC", "ray"): (
+        "ray",
+        "ray/serve/config.py",
+        "grpc_servicer_functions",
+        "gRPC proxy, given compiled servicer functions (not set up here)",
+    ),
+    ("gRPC", "bentoml"): (
+        "bentoml",
+        "bentoml_cli/serve.py",
+        'name="serve-grpc", hidden=True',
+        "only for legacy 1.x services (hidden serve-grpc); none for @bentoml.service",
+    ),
     ("gRPC", "flask"): (None, "flask/app.py", "class Flask", "none (WSGI: HTTP only)"),
-    ("streaming", "torchserve"): (None, "ts/handler_utils/utils.py", "def send_intermediate_predict_response",
-                                  "intermediate responses (HTTP chunks, gRPC StreamPredictions)"),
-    ("streaming", "ray"): ("ray", "ray/serve/handle.py", "class DeploymentResponseGenerator",
-                           "generator deployments, StreamingResponse over HTTP"),
-    ("streaming", "bentoml"): ("bentoml", "_bentoml_sdk/method.py", "is_stream",
-                               "generator APIs stream their items"),
-    ("streaming", "pytriton"): ("pytriton", "pytriton/model_config/model_config.py", "decoupled: bool",
-                                "decoupled models (many responses per request)"),
+    ("streaming", "torchserve"): (
+        None,
+        "ts/handler_utils/utils.py",
+        "def send_intermediate_predict_response",
+        "intermediate responses (HTTP chunks, gRPC StreamPredictions)",
+    ),
+    ("streaming", "ray"): (
+        "ray",
+        "ray/serve/handle.py",
+        "class DeploymentResponseGenerator",
+        "generator deployments, StreamingResponse over HTTP",
+    ),
+    ("streaming", "bentoml"): ("bentoml", "_bentoml_sdk/method.py", "is_stream", "generator APIs stream their items"),
+    ("streaming", "pytriton"): (
+        "pytriton",
+        "pytriton/model_config/model_config.py",
+        "decoupled: bool",
+        "decoupled models (many responses per request)",
+    ),
     ("streaming", "flask"): (None, "flask/helpers.py", "def stream_with_context", "generator responses"),
-    ("auth", "pytriton"): ("pytriton", "pytriton/triton.py", "http_restricted_api",
-                           "restricted API groups behind a header key; inference itself open"),
-    ("Kubernetes path", "torchserve"): (None, "repo:scripts/kserve.sh", "InferenceService",
-                                        "KServe InferenceService per model (scripts/kserve.sh; ts kservev2 envelope)"),
-    ("Kubernetes path", "ray"): ("ray", "ray/autoscaler/v2/instance_manager/cloud_providers/kuberay/cloud_provider.py",
-                                 "KubeRay", "KubeRay (RayService)"),
-    ("Kubernetes path", "bentoml"): ("bentoml", "bentoml_cli/containerize.py", "def containerize_command",
-                                     "bentoml containerize -> OCI image; BentoCloud/Yatai outside the package"),
-    ("Kubernetes path", "pytriton"): ("pytriton", "pytriton/triton.py", "class Triton",
-                                      "nothing in the wheel: a container of your own (Triton's server repo has Helm charts)"),
+    ("auth", "pytriton"): (
+        "pytriton",
+        "pytriton/triton.py",
+        "http_restricted_api",
+        "restricted API groups behind a header key; inference itself open",
+    ),
+    ("Kubernetes path", "torchserve"): (
+        None,
+        "repo:scripts/kserve.sh",
+        "InferenceService",
+        "KServe InferenceService per model (scripts/kserve.sh; ts kservev2 envelope)",
+    ),
+    ("Kubernetes path", "ray"): (
+        "ray",
+        "ray/autoscaler/v2/instance_manager/cloud_providers/kuberay/cloud_provider.py",
+        "KubeRay",
+        "KubeRay (RayService)",
+    ),
+    ("Kubernetes path", "bentoml"): (
+        "bentoml",
+        "bentoml_cli/containerize.py",
+        "def containerize_command",
+        "bentoml containerize -> OCI image; BentoCloud/Yatai outside the package",
+    ),
+    ("Kubernetes path", "pytriton"): (
+        "pytriton",
+        "pytriton/triton.py",
+        "class Triton",
+        "nothing in the wheel: a container of your own (Triton's server repo has Helm charts)",
+    ),
     ("Kubernetes path", "flask"): (None, "flask/app.py", "class Flask", "nothing: a container of your own"),
     ("composition without a second copy of weights", "torchserve"): (
-        None, "repo:handlers/pipeline.py", "pipeline_caller", "pipeline model calls /predictions/<model> (REST)"),
+        None,
+        "repo:handlers/pipeline.py",
+        "pipeline_caller",
+        "pipeline model calls /predictions/<model> (REST)",
+    ),
     ("composition without a second copy of weights", "ray"): (
-        None, "repo:benchmarks/deployments/peer_ray.py", "get_deployment_handle", "DeploymentHandle per model"),
+        None,
+        "repo:benchmarks/deployments/peer_ray.py",
+        "get_deployment_handle",
+        "DeploymentHandle per model",
+    ),
     ("composition without a second copy of weights", "bentoml"): (
-        None, "repo:benchmarks/deployments/peer_bentoml.py", "bentoml.depends", "bentoml.depends per model"),
+        None,
+        "repo:benchmarks/deployments/peer_bentoml.py",
+        "bentoml.depends",
+        "bentoml.depends per model",
+    ),
     ("composition without a second copy of weights", "pytriton"): (
-        None, "repo:benchmarks/deployments/peer_pytriton.py", "/v2/models",
-        "pipeline model calls the models' v2 endpoints (native Triton: ensembles, BLS)"),
+        None,
+        "repo:benchmarks/deployments/peer_pytriton.py",
+        "/v2/models",
+        "pipeline model calls the models' v2 endpoints (native Triton: ensembles, BLS)",
+    ),
     ("composition without a second copy of weights", "flask"): (
-        None, "repo:benchmarks/peer_flask.py", "Stages(call", "in-process calls, one process"),
+        None,
+        "repo:benchmarks/peer_flask.py",
+        "Stages(call",
+        "in-process calls, one process",
+    ),
 }
 
 
@@ -102,9 +177,15 @@ def cell(feature: str, stack: str, probes: dict[str, Any], citations: dict[str, 
 # --- probes ------------------------------------------------------------------------------------
 def probe(stack: Any, bodies: Any) -> dict[str, str]:
     results: dict[str, str] = {}
-    for name, fn in (("per-request errors in a batch", _errors_in_batch), ("dynamic batching", _batching),
-                     ("model versions", _versions), ("gRPC", _grpc), ("streaming", _streaming),
-                     ("auth", _auth), ("metrics", _metrics)):
+    for name, fn in (
+        ("per-request errors in a batch", _errors_in_batch),
+        ("dynamic batching", _batching),
+        ("model versions", _versions),
+        ("gRPC", _grpc),
+        ("streaming", _streaming),
+        ("auth", _auth),
+        ("metrics", _metrics),
+    ):
         try:
             outcome = fn(stack, bodies)
         except Exception as exc:  # a probe that breaks says so in its cell
@@ -135,7 +216,7 @@ def _errors_in_batch(stack: Any, bodies: Any) -> str:
     batch = bodies.clip(8, 64)
     batch[3] = {"image": "not base64!", "texts": ["a"]}
     best = None
-    for _ in range(3):   # until the bad request shared a batch with good ones (where sizes are known)
+    for _ in range(3):  # until the bad request shared a batch with good ones (where sizes are known)
         answers = _together(stack, "clip", batch)
         bad, good = answers[3], [a for i, a in enumerate(answers) if i != 3]
         shared = bad.batch_size is None or bad.batch_size > 1
@@ -148,8 +229,10 @@ def _errors_in_batch(stack: Any, bodies: Any) -> str:
     ok = sum(1 for a in good if a.status == 200)
     in_band = " in-band (HTTP 200; status in the answer)" if bad.http_status == 200 else f" HTTP {bad.http_status}"
     size = f", batch of {bad.batch_size}" if bad.batch_size else ""
-    verdict = "yes" if bad.status in range(400, 500) and ok == len(good) else "no"
-    return f"{verdict}: bad one {bad.status}{in_band}{size}, {ok}/{len(good)} others 200"
+    isolated = bad.status in range(400, 500) and ok == len(good)
+    if bad.batch_size == 1:   # nothing shared a batch: isolation untested by this stack
+        return f"no batches: bad one {bad.status}{in_band}, {ok}/{len(good)} others 200 (each ran alone)"
+    return f"{'yes' if isolated else 'no'}: bad one {bad.status}{in_band}{size}, {ok}/{len(good)} others 200"
 
 
 def _batching(stack: Any, bodies: Any) -> str:
@@ -165,9 +248,12 @@ def _batching(stack: Any, bodies: Any) -> str:
 def _versions(stack: Any, bodies: Any) -> str | None:
     body = bodies.clip(1, 64)[0]
     if stack.name == "torchserve":
-        version = stack.server.describe("clip")[0]["modelVersion"]
+        described = stack.server.describe("clip")
+        version = (described[0] if isinstance(described, list) else described)["modelVersion"]
         response = stack.session().post(f"{stack.base}/predictions/clip/{version}", json=body, headers=stack.headers())
-        return f"{'yes' if response.status_code == 200 else 'no'}: /predictions/clip/{version} -> {response.status_code}"
+        return (
+            f"{'yes' if response.status_code == 200 else 'no'}: /predictions/clip/{version} -> {response.status_code}"
+        )
     if stack.name == "pytriton":
         response = stack.session().post(f"{stack.base}/v2/models/clip/versions/1/infer", json=serving.v2_request(body))
         return f"{'yes' if response.status_code == 200 else 'no'}: /v2/models/clip/versions/1 -> {response.status_code}"
@@ -187,8 +273,9 @@ def _streaming(stack: Any, bodies: Any) -> str | None:
     if stack.name != "torchserve":
         return None
     body = {**bodies.pipeline(1)[0], "stream": True}
-    with stack.session().post(f"{stack.base}/predictions/pipeline", json=body, headers=stack.headers(),
-                              stream=True, timeout=120) as response:
+    with stack.session().post(
+        f"{stack.base}/predictions/pipeline", json=body, headers=stack.headers(), stream=True, timeout=120
+    ) as response:
         chunks = [chunk for chunk in response.iter_content(chunk_size=None) if chunk]
     return f"{'yes' if len(chunks) > 1 else 'no'}: pipeline with stream=true sent {len(chunks)} chunks"
 
@@ -199,7 +286,7 @@ def _auth(stack: Any, bodies: Any) -> str:
         response = requests.post(f"{stack.base}/v2/models/clip/infer", json=serving.v2_request(body), timeout=60)
     else:
         path = "/predictions/clip"
-        response = requests.post(stack.base + path, json=body, timeout=60)   # no token
+        response = requests.post(stack.base + path, json=body, timeout=60)  # no token
     if response.status_code == 200:
         return "none: a request without credentials was answered (200)"
     return f"yes: a request without a token was refused ({response.status_code})"
@@ -211,8 +298,9 @@ def _metrics(stack: Any, bodies: Any) -> str:
         response = requests.get(stack.base + "/metrics", timeout=10)
         return f"none: GET /metrics -> {response.status_code}"
     response = requests.get(url, timeout=10)
-    series = sorted({line.split("{")[0].split(" ")[0] for line in response.text.splitlines()
-                     if line and not line.startswith("#")})
+    series = sorted(
+        {line.split("{")[0].split(" ")[0] for line in response.text.splitlines() if line and not line.startswith("#")}
+    )
     if response.status_code != 200 or not series:
         return f"no: {url} -> {response.status_code}"
     return f"yes: Prometheus, {len(series)} series (e.g. {series[0]})"

@@ -10,6 +10,7 @@ traffic share one copy of the weights. Only the entry service listens on TCP.
 
     DEPLOY_PLAN=plan.json bentoml serve peer_bentoml:Gateway --host 127.0.0.1 --port N
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,7 +18,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import bentoml
-
 import serving
 
 PLAN = serving.read_plan()
@@ -31,13 +31,15 @@ def model_service(name: str) -> Any:
         def __init__(self) -> None:
             self.runner = serving.ModelRunner(name, PLAN["profile"], settings)
 
-        @bentoml.api(batchable=True, max_batch_size=settings.batch_size,
-                     max_latency_ms=settings.response_timeout_s * 1000)
+        @bentoml.api(
+            batchable=True, max_batch_size=settings.batch_size, max_latency_ms=settings.response_timeout_s * 1000
+        )
         def batch(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # a batchable API answers one HTTP status for the whole batch: each request's own
             # status travels in its item, and the gateway turns it back into that request's status
-            return [{"status": status, "body": body, "batch_size": len(bodies)}
-                    for status, body in self.runner.run(bodies)]
+            return [
+                {"status": status, "body": body, "batch_size": len(bodies)} for status, body in self.runner.run(bodies)
+            ]
 
     ModelService.__name__ = ModelService.__qualname__ = f"{name.capitalize()}Service"
     return bentoml.service(name=f"{name}-service", workers=settings.workers)(ModelService)
@@ -91,7 +93,7 @@ def _route(model: str) -> Any:
 
 
 def _pipeline(self, body: dict[str, Any], /, ctx: bentoml.Context) -> dict[str, Any]:
-    if self.loop_token is None:   # the service's event loop, seen from this API worker thread
+    if self.loop_token is None:  # the service's event loop, seen from this API worker thread
         self.loop_token = anyio.from_thread.run_sync(anyio.lowlevel.current_token)
     status, result = self.pipeline_runner.run(body)
     ctx.response.status_code = status
@@ -103,7 +105,7 @@ _members.update({f"predict_{name}": _route(name) for name in MODEL_NAMES})
 if serving.PIPELINE in PLAN["models"]:
     _pipeline.__name__ = "pipeline"
     _members["pipeline"] = bentoml.api(route="/predictions/pipeline")(_pipeline)
-    threads = PLAN["serving"][serving.PIPELINE].batch_size   # requests the pipeline runs at once
+    threads = PLAN["serving"][serving.PIPELINE].batch_size  # requests the pipeline runs at once
 else:
     threads = max(PLAN["serving"][name].batch_size for name in MODEL_NAMES) * 4
 Gateway = bentoml.service(name="gateway", workers=1, threads=threads)(type("Gateway", (GatewayBase,), _members))

@@ -8,6 +8,7 @@ to it at the same time (the app's own per-model locks are private to peer_flask.
 
     DEPLOY_PLAN=plan.json python peer_flask_routes.py --port N
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         if model not in handlers:
-            return Response(json.dumps({"code": 404, "type": "ModelNotFound", "message": f"model: {model}"}),
-                            status=404, mimetype="application/json")
+            return Response(
+                json.dumps({"code": 404, "type": "ModelNotFound", "message": f"model: {model}"}),
+                status=404,
+                mimetype="application/json",
+            )
         with locks[model]:
             torch.set_num_threads(plan["serving"][model].torch_threads)
             status, result = run_batch(handlers[model], [request.get_data()])[0]
-        return Response(json.dumps(result), status=status, mimetype="application/json",
-                        headers={"x-batch-size": "1"})
+        return Response(json.dumps(result), status=status, mimetype="application/json", headers={"x-batch-size": "1"})
 
     print(f"flask: serving on 127.0.0.1:{args.port}", flush=True)
     app.run(host="127.0.0.1", port=args.port, threaded=True)

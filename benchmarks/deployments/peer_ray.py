@@ -7,6 +7,7 @@ models/<name>/model-config.yaml). The pipeline application at ``/predictions/pip
 as direct traffic and no weights are loaded twice. A local Ray instance on 127.0.0.1, started and
 stopped with this process (``python peer_ray.py --port N``; ``DEPLOY_PLAN`` names the plan).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
+import serving
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-import serving
-
-QUEUE = 100   # requests a replica accepts at once (TorchServe's default job_queue_size)
+QUEUE = 100  # requests a replica accepts at once (TorchServe's default job_queue_size)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=QUEUE)
@@ -35,9 +35,9 @@ class Model:
         self.runner = serving.ModelRunner(name, plan["profile"], settings)
         self.batched.set_max_batch_size(settings.batch_size)
         self.batched.set_batch_wait_timeout_s(settings.max_batch_delay_ms / 1000)
-        self.pool = ThreadPoolExecutor(max_workers=1)   # one batch at a time, off the replica's event loop
+        self.pool = ThreadPoolExecutor(max_workers=1)  # one batch at a time, off the replica's event loop
 
-    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)   # sized from the plan in __init__
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # sized from the plan in __init__
     async def batched(self, bodies: list[Any]) -> list[tuple[int, dict[str, Any], int]]:
         results = await asyncio.get_running_loop().run_in_executor(self.pool, self.runner.run, bodies)
         return [(status, body, len(bodies)) for status, body in results]
@@ -80,8 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, required=True, help="Ray's Prometheus endpoint")
     args = parser.parse_args(argv)
     plan = serving.read_plan()
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=False, _metrics_export_port=args.metrics_port)
+    ray.init(
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+        _metrics_export_port=args.metrics_port,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     models = [m for m in plan["models"] if m != serving.PIPELINE]
     for name in models:
@@ -90,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray: {name} ready", flush=True)
     if serving.PIPELINE in plan["models"]:
         workers = plan["serving"][serving.PIPELINE].workers
-        serve.run(Pipeline.options(num_replicas=workers).bind(models), name=serving.PIPELINE,
-                  route_prefix="/predictions/pipeline")
+        serve.run(
+            Pipeline.options(num_replicas=workers).bind(models),
+            name=serving.PIPELINE,
+            route_prefix="/predictions/pipeline",
+        )
         print("ray: pipeline ready", flush=True)
     print("READY", flush=True)
     stop = threading.Event()

@@ -14,14 +14,16 @@
 
 Runs inside each peer's virtual environment (venvs.py), with the repository on PYTHONPATH.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PIPELINE = "pipeline"
 
@@ -56,7 +58,7 @@ class Serving:
     max_batch_delay_ms: int
     workers: int
     response_timeout_s: int
-    torch_threads: int | None          # None for the pipeline (no model of its own)
+    torch_threads: int | None  # None for the pipeline (no model of its own)
 
 
 def serving_plan(profile: str, models: list[str], threads: int | None) -> dict[str, Any]:
@@ -66,13 +68,19 @@ def serving_plan(profile: str, models: list[str], threads: int | None) -> dict[s
     serving = {}
     for name in models:
         config = model_config(name, profile)
-        serving[name] = asdict(Serving(
-            batch_size=int(config.get("batchSize", 1)), max_batch_delay_ms=int(config.get("maxBatchDelay", 100)),
-            workers=int(config.get("minWorkers", 1)), response_timeout_s=int(config.get("responseTimeout", 120)),
-            # unset in the yaml: torch's default, which is the host's cores in a TorchServe worker; peers
-            # get it explicitly (Ray and BentoML workers would otherwise start with OMP_NUM_THREADS=1)
-            torch_threads=(threads or config["handler"].get("torch_threads") or os.cpu_count() or 1)
-            if name != PIPELINE else None))
+        serving[name] = asdict(
+            Serving(
+                batch_size=int(config.get("batchSize", 1)),
+                max_batch_delay_ms=int(config.get("maxBatchDelay", 100)),
+                workers=int(config.get("minWorkers", 1)),
+                response_timeout_s=int(config.get("responseTimeout", 120)),
+                # unset in the yaml: torch's default, which is the host's cores in a TorchServe worker; peers
+                # get it explicitly (Ray and BentoML workers would otherwise start with OMP_NUM_THREADS=1)
+                torch_threads=(threads or config["handler"].get("torch_threads") or os.cpu_count() or 1)
+                if name != PIPELINE
+                else None,
+            )
+        )
     return {"profile": profile, "models": list(models), "serving": serving}
 
 

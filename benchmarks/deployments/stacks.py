@@ -6,8 +6,10 @@ at ``/predictions/<model>`` and ``/predictions/pipeline`` (Triton: its KServe v2
 exposes one client call, :meth:`Stack.post`, that returns (HTTP status, the request's own status,
 its JSON, the batch size it ran in).
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import benchlib as bl
 import psutil
 import requests
-
-import benchlib as bl
 import serving
 import venvs
 
@@ -38,7 +39,7 @@ def free_port() -> int:
 @dataclass
 class Answer:
     http_status: int
-    status: int                 # the request's own status (in-band for Triton)
+    status: int  # the request's own status (in-band for Triton)
     body: Any
     batch_size: int | None
 
@@ -47,7 +48,7 @@ class Stack:
     """One serving stack; subclasses say how to start it and how a request travels."""
 
     name = ""
-    glue: tuple[str, ...] = ()          # repo-relative files this stack needed (counted by the benchmark)
+    glue: tuple[str, ...] = ()  # repo-relative files this stack needed (counted by the benchmark)
 
     def __init__(self, plan: dict[str, Any], plan_path: Path):
         self.plan = plan
@@ -84,9 +85,12 @@ class Stack:
         return self.local.session
 
     def post(self, model: str, body: dict[str, Any], timeout: float = 600) -> Answer:
-        response = self.session().post(f"{self.base}/predictions/{model}", data=json.dumps(body),
-                                       headers={"Content-Type": "application/json", **self.headers()},
-                                       timeout=timeout)
+        response = self.session().post(
+            f"{self.base}/predictions/{model}",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json", **self.headers()},
+            timeout=timeout,
+        )
         size = response.headers.get("x-batch-size")
         try:
             payload = response.json()
@@ -117,7 +121,7 @@ class TorchServeStack(Stack):
         bl.ensure_weights(profile, models)
         label = f"deployments-{profile}-{'-'.join(self.plan['models'])}"
         store = bl.build_store(label, profile, self.plan["models"])
-        if self.plan.get("threads_override"):   # tiny: the same torch_threads as the peers (as run.py's tiny section)
+        if self.plan.get("threads_override"):  # tiny: the same torch_threads as the peers (as run.py's tiny section)
             for name in models:
                 threads = self.plan["serving"][name]["torch_threads"]
                 bl.variant_archive(store, name, name, {"handler": {"torch_threads": threads}})
@@ -148,7 +152,7 @@ class TorchServeStack(Stack):
 class PeerStack(Stack):
     """A stack run as one launched process (its own venv), ready when it says so."""
 
-    venv: str | None = None          # None: the project's own environment
+    venv: str | None = None  # None: the project's own environment
     ready_path = ""
 
     def command(self, python: Path) -> list[str]:
@@ -163,15 +167,22 @@ class PeerStack(Stack):
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = bl.WORK / "deployments" / f"{self.name}-{self.plan['profile']}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file = open(self.log_path, "w")
+        self.log_file = open(self.log_path, "w")  # noqa: SIM115  (closed by stop(): the server outlives this call)
         started = time.perf_counter()
-        self.process = subprocess.Popen(self.command(python), stdout=self.log_file, stderr=subprocess.STDOUT,
-                                        cwd=HERE, env=self.environment(), start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(python),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            cwd=HERE,
+            env=self.environment(),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: "
-                                   f"{self.log_path.read_text()[-1500:]}")
+                tail = [line for line in self.log_path.read_text().splitlines() if line.strip()][-3:]
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode} ({self.log_path.name}): "
+                                   + " / ".join(line.strip() for line in tail))
             if self.is_ready():
                 self.ready_s = time.perf_counter() - started
                 return self
@@ -193,11 +204,9 @@ class PeerStack(Stack):
             tree = []
         if self.process.poll() is None:
             self.process.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in tree:   # whatever the launched process left behind: only our own pids
+        for proc in tree:  # whatever the launched process left behind: only our own pids
             try:
                 if proc.is_running():
                     proc.kill()
@@ -232,8 +241,14 @@ class RayStack(PeerStack):
 
     def command(self, python: Path) -> list[str]:
         self.metrics_port = free_port()
-        return [str(python), str(HERE / "peer_ray.py"), "--port", str(self.port),
-                "--metrics-port", str(self.metrics_port)]
+        return [
+            str(python),
+            str(HERE / "peer_ray.py"),
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
 
     def is_ready(self) -> bool:
         return "READY" in self.log_path.read_text()
@@ -249,8 +264,15 @@ class BentoStack(PeerStack):
     ready_path = "/readyz"
 
     def command(self, python: Path) -> list[str]:
-        return [str(python.with_name("bentoml")), "serve", "peer_bentoml:Gateway", "--host", "127.0.0.1",
-                "--port", str(self.port)]
+        return [
+            str(python.with_name("bentoml")),
+            "serve",
+            "peer_bentoml:Gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
 
     def environment(self) -> dict[str, str]:
         # no usage statistics sent anywhere (the machine has no route out anyway)
@@ -267,8 +289,16 @@ class TritonStack(PeerStack):
 
     def command(self, python: Path) -> list[str]:
         self.grpc, self.metrics = free_port(), free_port()
-        return [str(python), str(HERE / "peer_pytriton.py"), "--http-port", str(self.port),
-                "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
+        return [
+            str(python),
+            str(HERE / "peer_pytriton.py"),
+            "--http-port",
+            str(self.port),
+            "--grpc-port",
+            str(self.grpc),
+            "--metrics-port",
+            str(self.metrics),
+        ]
 
     def environment(self) -> dict[str, str]:
         # the bundled Python backend stub links the system's libpython3.11; when the venv's
@@ -277,8 +307,11 @@ class TritonStack(PeerStack):
         import sysconfig
 
         python = venvs.python(self.venv)
-        libdir = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-                                capture_output=True, text=True).stdout.strip() or sysconfig.get_config_var("LIBDIR")
+        libdir = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip() or sysconfig.get_config_var("LIBDIR")
         paths = [libdir, *filter(None, [os.environ.get("LD_LIBRARY_PATH")])]
         return {**super().environment(), "LD_LIBRARY_PATH": os.pathsep.join(paths)}
 
@@ -301,5 +334,10 @@ class TritonStack(PeerStack):
         return self.grpc
 
 
-STACKS: dict[str, type[Stack]] = {"torchserve": TorchServeStack, "ray": RayStack, "bentoml": BentoStack,
-                                  "pytriton": TritonStack, "flask": FlaskStack}
+STACKS: dict[str, type[Stack]] = {
+    "torchserve": TorchServeStack,
+    "ray": RayStack,
+    "bentoml": BentoStack,
+    "pytriton": TritonStack,
+    "flask": FlaskStack,
+}

@@ -10,6 +10,7 @@ those files changes (a stamp holds their hash).
 
     python benchmarks/deployments/venvs.py ray bentoml pytriton   # make them ahead of a run
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,17 +26,28 @@ REPO = HERE.parent.parent
 VENVS = HERE / ".venvs"
 PEERS_WITH_VENV = ("ray", "bentoml", "pytriton")
 TORCH_PIN = "torch==2.13.0"
-# archivers, grpcio(-tools): TorchServe tooling and the client's stubs; pytest, flask, ruff, mypy, types-*: tests, lint, the Flask peer
-PROJECT_EXCLUDE = {"torch", "torch-model-archiver", "torch-workflow-archiver", "grpcio", "grpcio-tools",
-                   "pytest", "flask", "ruff", "mypy", "types-pyyaml", "types-requests"}
+# archivers, grpcio(-tools): TorchServe tooling and the client's stubs;
+# pytest, flask, ruff, mypy, types-*: tests, lint, the Flask peer
+PROJECT_EXCLUDE = {
+    "torch",
+    "torch-model-archiver",
+    "torch-workflow-archiver",
+    "grpcio",
+    "grpcio-tools",
+    "pytest",
+    "flask",
+    "ruff",
+    "mypy",
+    "types-pyyaml",
+    "types-requests",
+}
 
 
 def requirement_lines(peer: str) -> list[str]:
     """What goes into ``peer``'s environment, one requirement a line."""
     own = _lines(HERE / f"requirements-{peer}.txt")
-    overridden = {_name(line) for line in own}   # a peer's line replaces the project's pin of that package
-    project = [line for line in _lines(REPO / "requirements.txt")
-               if _name(line) not in PROJECT_EXCLUDE | overridden]
+    overridden = {_name(line) for line in own}  # a peer's line replaces the project's pin of that package
+    project = [line for line in _lines(REPO / "requirements.txt") if _name(line) not in PROJECT_EXCLUDE | overridden]
     return [TORCH_PIN, *project, *own]
 
 
@@ -74,16 +86,20 @@ def ensure(peer: str, log=print) -> Path:
     requirements.write_text("\n".join(requirement_lines(peer)) + "\n")
     pip_log = root / "pip.log"
     with open(pip_log, "w") as out:
-        result = subprocess.run([str(python(peer)), "-m", "pip", "install", "--progress-bar", "off",
-                                 "-r", str(requirements)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        result = subprocess.run(
+            [str(python(peer)), "-m", "pip", "install", "--progress-bar", "off", "-r", str(requirements)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        )
     if result.returncode != 0:
         tail = pip_log.read_text()[-2000:]
         raise RuntimeError(f"pip install for {peer} failed (see {pip_log}):\n{tail}")
     if (REPO / "pyproject.toml").exists():
         # the project's own packages (handlers, workflows, client), as make setup installs them
-        editable = subprocess.run([str(python(peer)), "-m", "pip", "install", "--no-deps",
-                                   "-e", str(REPO)], capture_output=True, text=True)
+        editable = subprocess.run(
+            [str(python(peer)), "-m", "pip", "install", "--no-deps", "-e", str(REPO)], capture_output=True, text=True
+        )
         if editable.returncode != 0:
             raise RuntimeError(f"pip install -e . for {peer} failed:\n{editable.stderr[-2000:]}")
     (root / ".installed").write_text(_stamp(peer) + "\n")
@@ -101,8 +117,13 @@ def peer_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
         paths.insert(0, str(REPO))
     if os.environ.get("PYTHONPATH"):
         paths.append(os.environ["PYTHONPATH"])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1", **(extra or {})}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(paths),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
 
 
 if __name__ == "__main__":
