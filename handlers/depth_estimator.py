@@ -7,7 +7,9 @@ back to its own image's size (bilinear, so no overshoot beyond the model's own r
 
 Response: ``depth`` is a 16-bit grayscale PNG at the input's size holding the map linearly
 quantised from ``[min, max]`` to ``[0, 65535]`` (``encoding`` says so; decode with
-``min + png / 65535 * (max - min)``), and ``colormap`` an RGB PNG of the same map (Turbo, near = warm).
+``min + png / 65535 * (max - min)``), ``colormap`` an RGB PNG of the same map (Turbo, near = warm),
+and ``control_image`` an 8-bit grayscale PNG of it with near = white (its own range stretched to
+[0, 255]): what ``sd``'s depth ControlNet takes.
 ``kind`` says what the values are: Depth Anything's relative head and DPT predict relative inverse
 depth (larger is nearer, no unit); a metric Depth Anything predicts depth in metres.
 """
@@ -31,7 +33,7 @@ from handlers.common import (
     require,
     weights_dir,
 )
-from handlers.common.drawing import colorize, to_uint16
+from handlers.common.drawing import colorize, depth_control_image, to_uint16
 from handlers.model_settings import DepthSettings
 
 FIELDS = ("image",)
@@ -111,4 +113,5 @@ class DepthEstimator(BatchHandler):
             "width": int(depth.shape[1]),
             "height": int(depth.shape[0]),
             "colormap": encode_png(colorize(depth, vmin, vmax, cmap=self.settings.colormap, invert=self.metric)),
+            "control_image": encode_png(depth_control_image(depth, invert=self.metric)),
         }

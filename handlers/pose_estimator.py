@@ -8,7 +8,10 @@ whole image becomes the one box, and ``boxes_from`` (``roi`` | ``detector`` | ``
 
 A batch is at most two forward passes: the detector once over every request without ``roi``, then
 ViTPose once over every box of every request. Keypoints are ``[x, y, score]`` in the input image's
-pixels, clipped to the image; ``overlay`` is the image with boxes and the skeleton drawn.
+pixels, clipped to the image; ``overlay`` is the image with boxes and the skeleton drawn, and
+``control_image`` the OpenPose rendering of the people at the input's size (black canvas, 18 keypoints:
+handlers/common/openpose.py), what ``sd``'s pose ControlNet takes; it is left out for weights whose
+keypoints are not COCO-17.
 """
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ from handlers.common import (
     weights_dir,
 )
 from handlers.common.boxes import box_nms
+from handlers.common.compat import vitpose_safe_image
 from handlers.common.drawing import COCO_KEYPOINT_NAMES, COCO_SKELETON, draw_pose, fit_within
+from handlers.common.openpose import draw_openpose
 from handlers.model_settings import PoseSettings
 
 logger = logging.getLogger(__name__)
@@ -185,7 +190,8 @@ class PoseEstimator(BatchHandler):
     def estimate(self, images: list, boxes: list[list[list[float]]]) -> list[list[list[float]]]:
         """One ViTPose forward over every box of every image; per box, ``[[x, y, score]] * K``."""
         coco = [[[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in image_boxes] for image_boxes in boxes]
-        pixels = self.pose_processor(images=images, boxes=coco, return_tensors="pt")["pixel_values"]
+        safe = [vitpose_safe_image(image) for image in images]
+        pixels = self.pose_processor(images=safe, boxes=coco, return_tensors="pt")["pixel_values"]
         extra = {}
         if self.moe:  # ViTPose+ mixture of experts: index 0 is the COCO expert
             extra["dataset_index"] = torch.zeros(len(pixels), dtype=torch.long, device=self.device)
@@ -213,5 +219,8 @@ class PoseEstimator(BatchHandler):
                             names=self.keypoint_names)
         ordered = [{"box": p["box"], **({"score": p["score"]} if "score" in p else {}), "keypoints": p["keypoints"]}
                    for p in people]
-        return {"people": ordered, "keypoint_names": self.keypoint_names, **source,
-                "width": image.width, "height": image.height, "overlay": encode_png(overlay)}
+        result = {"people": ordered, "keypoint_names": self.keypoint_names, **source,
+                  "width": image.width, "height": image.height, "overlay": encode_png(overlay)}
+        if self.skeleton == COCO_SKELETON:  # OpenPose's body is drawn from COCO-17 keypoints
+            result["control_image"] = encode_png(draw_openpose(image.size, people, self.keypoint_threshold))
+        return result

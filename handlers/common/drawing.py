@@ -66,6 +66,16 @@ def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None =
     return COLORMAPS[cmap][index]
 
 
+def depth_control_image(values: np.ndarray, invert: bool = False) -> np.ndarray:
+    """A depth map as ControlNet's depth model takes it: 8-bit grayscale, its own range stretched to
+    [0, 255], near = white. ``invert`` for metric depth (larger is farther); relative inverse depth
+    (Depth Anything, DPT) is already near = large."""
+    unit = normalize(values)
+    if invert:
+        unit = 1.0 - unit
+    return np.round(unit * 255.0).astype(np.uint8)
+
+
 def to_uint16(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """Linear quantisation of [vmin, vmax] onto [0, 65535] (a 16-bit PNG keeps the values, not a picture).
 

@@ -31,6 +31,10 @@ def check_depth_body(body, size):
         assert values.min() == 0 and values.max() == 65535  # the whole 16-bit range is used
     colormap = decode_png(body["colormap"])
     assert colormap.mode == "RGB" and colormap.size == size
+    # the control image is the same map in 8 bits, near (larger inverse depth) = white
+    control = decode_png(body["control_image"])
+    assert control.mode == "L" and control.size == size
+    assert np.abs(np.asarray(control, dtype=np.float64) - values / 65535.0 * 255.0).max() <= 0.51
 
 
 def test_json_image(depth):

@@ -7,6 +7,7 @@ from skimage import data as skimage_data
 
 from handlers.common import decode_png
 from handlers.common.drawing import COCO_KEYPOINT_NAMES, COCO_SKELETON, draw_pose
+from handlers.common.openpose import draw_openpose
 from handlers.pose_estimator import PoseEstimator
 from harness import WEIGHTS, load_handler, png_b64, png_bytes, run_batch, sample_image
 
@@ -188,6 +189,21 @@ def test_overlay_is_downscaled_to_its_limit_but_keypoints_stay_in_input_pixels()
     assert status == 200, body
     assert decode_png(body["overlay"]).size == (40, 20)
     assert any(x > 40 for x, _, _ in body["people"][0]["keypoints"])  # box starts at x=80 in input pixels
+
+
+def test_control_image_is_the_openpose_rendering_of_the_answered_keypoints():
+    drawn = load_handler(PoseEstimator, "pose", keypoint_threshold=0.0)  # tiny weights score ~0.01
+    [(status, body)] = run_batch(drawn, [{"image": png_b64(sample_image(96, 80)), "roi": [[4, 4, 90, 76]]}])
+    assert status == 200, body
+    control = decode_png(body["control_image"])
+    assert control.mode == "RGB" and control.size == (96, 80)
+    expected = draw_openpose((96, 80), body["people"], threshold=0.0)
+    assert (np.asarray(control) == expected).all() and expected.any()
+    # joints under the threshold are left out: at 1.0 (above every tiny score) a black canvas
+    strict = load_handler(PoseEstimator, "pose", keypoint_threshold=1.0)
+    [(status, body)] = run_batch(strict, [{"image": png_b64(sample_image(96, 80)), "roi": [[4, 4, 90, 76]]}])
+    assert status == 200 and max(k[2] for k in body["people"][0]["keypoints"]) < 1.0
+    assert not np.asarray(decode_png(body["control_image"])).any()
 
 
 def test_draw_pose_draws_confident_joints_and_limbs_only():
