@@ -110,14 +110,14 @@ def model_snapshot(name: str, version: str, config: dict[str, Any], defaults: di
     return {"name": "startup.cfg", "modelCount": 1, "models": {name: {version: entry}}}
 
 
-def pod_properties(name: str, version: str, config: dict[str, Any]) -> str:
+def pod_properties(name: str, version: str, config: dict[str, Any], mount: str) -> str:
     """The repo's config.properties as the pod runs it: addresses, stores, token and snapshot replaced."""
     base = [(k, v) for k, v in read_properties(REPO / "config.properties") if k not in HOST_ONLY_KEYS]
     defaults = dict(base)
     settings = {
         **POD_ADDRESSES,
-        "model_store": f"{MOUNT}/model-store",
-        "workflow_store": f"{MOUNT}/model-store",
+        "model_store": f"{mount}/model-store",
+        "workflow_store": f"{mount}/model-store",
         # KServe sets TS_SERVICE_ENVELOPE (and operators may set any TS_* key) in the environment
         "enable_envvars_config": "true",
         # KServe fronts TorchServe: only the inference port leaves the pod, and the NetworkPolicy
@@ -143,10 +143,10 @@ def pod_properties(name: str, version: str, config: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def archive(name: str, profile: str, store: Path) -> str:
+def archive(name: str, profile: str, store: Path, mount: str) -> str:
     """``model-store/<name>.mar`` with scripts/archive.sh, its weights_dir pointing into the pod's mount.
     Returns the archive's version (from its manifest)."""
-    env = {**os.environ, "SERVED_WEIGHTS_ROOT": f"{MOUNT}/weights"}
+    env = {**os.environ, "SERVED_WEIGHTS_ROOT": f"{mount}/weights"}
     result = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", profile, "--store", str(store), name],
                             env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -279,10 +279,11 @@ def generate(options: argparse.Namespace) -> list[Path]:
         for stale in (storage / "model-store", storage / "config"):
             shutil.rmtree(stale, ignore_errors=True)
         (storage / "model-store").mkdir(parents=True)
-        version = archive(name, options.profile, storage / "model-store")
+        mount = str(storage.resolve()) if options.mount_at_layout else MOUNT
+        version = archive(name, options.profile, storage / "model-store", mount)
         place_weights(config, options.profile, options.weights_root, storage / "weights")
         (storage / "config").mkdir(parents=True)
-        (storage / "config" / "config.properties").write_text(pod_properties(name, version, config))
+        (storage / "config" / "config.properties").write_text(pod_properties(name, version, config, mount))
         service = inference_service(name, config, options, urls if name in callers else None)
         write_yaml(out / "inferenceservices" / f"{name}.yaml", service)
         policy = network_policy(name, callers if name in called else [], options)
@@ -322,6 +323,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--monitoring-namespace", default="monitoring",
                         help="namespace allowed to scrape metrics on 8082 (empty: none)")
     parser.add_argument("--weights-root", type=Path, default=WEIGHTS_ROOT, help=argparse.SUPPRESS)
+    # tests/kserve: each model's config and archive name its layout DIR/storage/<name> where a pod
+    # has /mnt/models, so the pod's TorchServe runs here as KServe runs it there
+    parser.add_argument("--mount-at-layout", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("models", nargs="*", help="models to generate (default: every models/<name>/)")
     return parser.parse_args(argv)
 

@@ -53,28 +53,36 @@ def render_config(model_store: Path, ports: dict[str, int], overrides: dict[str,
 
 
 class TorchServe:
-    def __init__(self, run_dir: Path, model_store: Path, config_overrides: dict[str, str] | None = None):
+    def __init__(self, run_dir: Path, model_store: Path, config_overrides: dict[str, str] | None = None, *,
+                 config_text: str | None = None, snapshots: bool = False):
+        """``config_text`` replaces the rendered config (tests/kserve: a generated pod config, with
+        :attr:`env` overriding its addresses through ``TS_*`` variables); ``snapshots`` lets TorchServe
+        write its config snapshots, as KServe's runtime starts it (no ``--ncs``)."""
         self.run_dir = run_dir
         self.model_store = model_store
         names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
         self.ports = dict(zip(names, free_ports(len(names))))
         self.config_path = run_dir / "config.properties"
         self.config_overrides = config_overrides
+        self.config_text = config_text
+        self.snapshots = snapshots
+        self.env: dict[str, str] = {}  # added to the server's environment
         self.process: subprocess.Popen | None = None
         self.session = requests.Session()
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self, timeout: float = 180) -> "TorchServe":
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render_config(self.model_store, self.ports, self.config_overrides))
+        config = self.config_text or render_config(self.model_store, self.ports, self.config_overrides)
+        self.config_path.write_text(config)
         # workers inherit this environment: the pipeline finds the server's ports and key file here
         env = {**os.environ, "TMPDIR": str(self.run_dir), "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-               "TS_CONFIG_FILE": str(self.config_path), "TS_KEY_FILE": str(self.key_file)}
+               "TS_CONFIG_FILE": str(self.config_path), "TS_KEY_FILE": str(self.key_file), **self.env}
         self.log = open(self.run_dir / "torchserve.out", "w")
         # --foreground keeps the JVM our child, so a crashed test run never leaves it behind
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(self.config_path),
-             "--model-store", str(self.model_store)],
+            [str(VENV_BIN / "torchserve"), "--start", "--foreground", *([] if self.snapshots else ["--ncs"]),
+             "--ts-config", str(self.config_path), "--model-store", str(self.model_store)],
             cwd=self.run_dir, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -119,7 +127,8 @@ class TorchServe:
     def request(self, kind: str, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> requests.Response:
         """``kind`` is inference, management or metrics; the right token is sent unless ``token`` is given."""
         headers = dict(kwargs.pop("headers", None) or {})
-        if kind != "metrics" and "Authorization" not in headers:
+        # a server with token authorization off (a KServe pod's config) writes no key file
+        if kind != "metrics" and "Authorization" not in headers and (token is not None or self.key_file.exists()):
             headers["Authorization"] = f"Bearer {token if token is not None else self.token(kind)}"
         kwargs.setdefault("timeout", 120)
         return self.session.request(method, self.url(kind) + path, headers=headers, **kwargs)

@@ -47,27 +47,37 @@ def take_over_torchserve_envelopes() -> None:
     """Make TorchServe's kserve and kservev2 envelopes pass each batch to our handlers unopened.
 
     TorchServe 0.12 wraps a handler's ``handle`` in the envelope named by ``service_envelope``
-    (``ts.model_loader``) before the handler's ``initialize`` runs; replacing the envelope classes'
-    ``handle`` reaches that instance. Handlers that are not a BatchHandler keep TorchServe's envelope.
+    (``ts.model_loader``) before the handler's ``initialize`` runs, and keeps the envelope's bound
+    ``handle``; that calls ``self.parse_input`` and ``self.format_output`` on every batch, so
+    replacing those two on the envelope classes reaches it. An envelope around anything but a
+    BatchHandler keeps TorchServe's behaviour.
     """
-    from ts.torch_handler.request_envelope.base import BaseEnvelope
     from ts.torch_handler.request_envelope.kserve import KServeEnvelope
     from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 
     for envelope_class, protocol in ((KServeEnvelope, V1), (KServev2Envelope, V2)):
-        if getattr(envelope_class.handle, "passes_batches_through", False):
+        if getattr(envelope_class.parse_input, "passes_batches_through", False):
             continue
+        parse_input, format_output = envelope_class.parse_input, envelope_class.format_output
 
-        def handle(self: Any, data: Any, context: Any, _protocol: str = protocol) -> Any:
-            from .base import BatchHandler
+        def passed_input(self: Any, data: Any, _protocol: str = protocol, _original: Any = parse_input) -> Any:
+            if not _wraps_batch_handler(self):
+                return _original(self, data)
+            setattr(self.context, CONTEXT_KEY, _protocol)
+            return data
 
-            if not isinstance(getattr(self._handle_fn, "__self__", None), BatchHandler):
-                return BaseEnvelope.handle(self, data, context)
-            setattr(context, CONTEXT_KEY, _protocol)
-            return self._handle_fn(data, context)
+        def passed_output(self: Any, data: Any, _original: Any = format_output) -> Any:
+            return data if _wraps_batch_handler(self) else _original(self, data)
 
-        handle.passes_batches_through = True  # type: ignore[attr-defined]
-        envelope_class.handle = handle
+        passed_input.passes_batches_through = True  # type: ignore[attr-defined]
+        envelope_class.parse_input = passed_input
+        envelope_class.format_output = passed_output
+
+
+def _wraps_batch_handler(envelope: Any) -> bool:
+    from .base import BatchHandler
+
+    return isinstance(getattr(envelope._handle_fn, "__self__", None), BatchHandler)
 
 
 class Envelopes:

@@ -25,3 +25,35 @@ def kserve_out(tmp_path_factory) -> Path:
     result = run_kserve_sh(out)
     assert result.returncode == 0, result.stderr
     return out
+
+
+# The models the envelope tests serve: two analyzers and the pipeline that calls them (image in)
+LOCAL_MODELS = ("clip", "sam", "pipeline")
+
+
+@pytest.fixture(scope="session")
+def local_layouts(tmp_path_factory) -> Path:
+    """The storage layouts of :data:`LOCAL_MODELS` with each config and archive naming its own layout
+    (``DIR/storage/<name>``) where a pod has ``/mnt/models``, so the pods' TorchServe runs here."""
+    from harness import ensure_tiny_weights
+
+    ensure_tiny_weights("clip", "sam")
+    out = tmp_path_factory.mktemp("kserve-local")
+    result = run_kserve_sh(out, "--mount-at-layout", *LOCAL_MODELS)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def kserve_env(ports: dict[str, int], envelope: str | None) -> dict[str, str]:
+    """What KServe's runtime sets (TS_SERVICE_ENVELOPE), and loopback ports through TS_* variables
+    (enable_envvars_config=true), as an operator overrides a generated config."""
+    env = {
+        "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{ports['inference']}",
+        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{ports['management']}",
+        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{ports['metrics']}",
+        "TS_GRPC_INFERENCE_PORT": str(ports["grpc_inference"]),
+        "TS_GRPC_MANAGEMENT_PORT": str(ports["grpc_management"]),
+    }
+    if envelope:
+        env["TS_SERVICE_ENVELOPE"] = envelope
+    return env
