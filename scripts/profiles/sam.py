@@ -5,6 +5,7 @@ segment-anything package, which needs torchvision).
   mask decoder; the processor resizes the longest side to 64 and pads to 64x64. Seconds to build.
 - ``arch``: ViT-H (``facebook/sam-vit-huge``, the seed API's model) in ``sam`` and ViT-B
   (``facebook/sam-vit-base``) in ``sam-vit-base``, random weights, the real 1024 processor.
+Both profiles write both directories (tiny: the same toy twice), as the pretrained profile does.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def _save(cfg: SamConfig, proc: SamProcessor, out: Path) -> None:
 
 def build(profile: str, root: Path) -> None:
     if profile == "tiny":
-        _save(config("tiny"), processor("tiny"), root / "sam")
+        for directory in PRETRAINED:  # one toy stands in for ViT-H and ViT-B alike
+            _save(config("tiny"), processor("tiny"), root / directory)
         return
     _save(config(profile, VIT_H), processor(profile), root / "sam")
     _save(config(profile, VIT_B), processor(profile), root / "sam-vit-base")
