@@ -84,6 +84,23 @@ def pooled_features(features: Any) -> Any:
     return features if isinstance(features, torch.Tensor) else features.pooler_output
 
 
+# ViTPose's PIL image processor (transformers 5.23, VitPoseImageProcessorPil.affine_transform) guesses
+# the layout of its (3, H, W) array with ``shape[0] < shape[1]``: an image 1 to 3 pixels high is taken
+# for channels-last and fails ("mean must have W elements ..."), a 5xx for a legal image (found by
+# tests/robustness/test_fuzz.py). Taller is safe.
+VITPOSE_MIN_HEIGHT = 4
+
+
+def vitpose_safe_image(image: Image.Image) -> Image.Image:
+    """``image`` padded with black rows at the bottom to VITPOSE_MIN_HEIGHT: pixel coordinates (boxes,
+    keypoints) are unchanged, and the boxes, inside the original image, never see the padding."""
+    if image.height >= VITPOSE_MIN_HEIGHT:
+        return image
+    padded = Image.new(image.mode, (image.width, VITPOSE_MIN_HEIGHT))
+    padded.paste(image, (0, 0))
+    return padded
+
+
 # --- torchvision on a CPU torch 2.13 --------------------------------------------------------------
 
 _TORCHVISION_NMS: Any = None
