@@ -32,7 +32,8 @@ from robustness.contract import (
 
 # Limits that need no x-limits source: they say what a value is, not how much of it is allowed.
 # (keyword, value): non-empty strings and lists, non-negative numbers, sd's positive step count,
-# and sd's sides being multiples of 8 (the VAE's scale factor; handlers/text_to_image.py).
+# and sd's sides being multiples of 8 (the VAE's scale factor; handlers/text_to_image.py); and
+# fixed-length tuples (minItems == maxItems: a box's 4 numbers).
 STRUCTURAL = {("minItems", 1), ("minLength", 1), ("minimum", 0), ("minimum", 1), ("multipleOf", 8)}
 
 
@@ -152,12 +153,14 @@ def test_unannotated_limits_are_structural(document):
         if pointer.endswith(("/x-limits", "/properties")):  # maps of names, not schemas
             continue
         annotated = set(node.get("x-limits") or {})
-        tuple_length = len(node["prefixItems"]) if node.get("items") is False and "prefixItems" in node else None
+        # a fixed-length tuple ([x1, y1, x2, y2]) is minItems == maxItems (not prefixItems + items: false,
+        # which openapi-python-client 0.29 cannot read)
+        tuple_length = node.get("minItems") if node.get("minItems") == node.get("maxItems") else None
         for keyword in LIMIT_KEYWORDS:
             if keyword not in node or keyword in annotated:
                 continue
             value = node[keyword]
-            if keyword in ("minItems", "maxItems") and value == tuple_length:
+            if keyword in ("minItems", "maxItems") and value == tuple_length and "minItems" not in annotated:
                 continue
             if (keyword, value) not in STRUCTURAL:
                 problems.append(f"{pointer}: {keyword}: {value} has no x-limits source")
