@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,12 @@ def generate(options: argparse.Namespace) -> list[Path]:
     return written
 
 
+def default_image() -> str:
+    """deploy/kserve/Dockerfile's image, tagged with the project's version (pyproject.toml)."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    return f"image-interpreter-predictor:{version}"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/kserve.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,8 +316,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--storage-uri-prefix", default="pvc://image-interpreter-models",
                         help="storageUri of model <name> is PREFIX/<name>: pvc://<claim>[/path], s3://, gs://, ... "
                              "(default pvc://image-interpreter-models)")
-    parser.add_argument("--image", default="image-interpreter-predictor:0.2.0",
-                        help="predictor image, built from deploy/kserve/Dockerfile")
+    parser.add_argument("--image", default=default_image(),
+                        help="predictor image, built from deploy/kserve/Dockerfile (default: %(default)s)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="v1",
                         help="KServe protocol of every InferenceService: v1 (instances/predictions) or v2 "
                              "(Open Inference Protocol); the pipeline calls the models in it (default v1)")
