@@ -31,3 +31,7 @@ if [ "$profile" = tiny ]; then
   say "  scripts/stop.sh && PROFILE=pretrained scripts/demo.sh"
 fi
 say "TorchServe is still running (scripts/stop.sh stops it)."
+say ""
+say "== the studio: a web page to upload a picture, see its caption and priors, interpret it and choose the best"
+"$REPO/scripts/studio.sh" start
+say "Open $("$PY" -m studio url) in a browser (scripts/studio.sh stop stops it)."

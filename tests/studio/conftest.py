@@ -1,0 +1,62 @@
+"""Fixtures for the studio's tests: studios (tests/studio/studio_harness.py) on the session's tiny TorchServe
+(tests/conftest.py's ``server``), and Debian's Chromium driven by Playwright (Playwright's own browser
+download does not work here)."""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server import free_ports
+from studio_harness import CHROMIUM, CHROMIUM_ARGS, StudioProcess
+
+
+@pytest.fixture
+def make_studio(tmp_path: Path) -> Iterator[Any]:
+    """make_studio(server=..., **limits) -> a started StudioProcess; every one is stopped after the test."""
+    started: list[StudioProcess] = []
+
+    def make(server: Any = None, name: str = "studio", data_from: StudioProcess | None = None,
+             **limits: Any) -> StudioProcess:
+        if server is not None:
+            studio = StudioProcess(tmp_path / name, server.url("inference"), server.url("management"),
+                                   server.key_file, **limits)
+        else:  # a TorchServe that is not there: two free ports nobody listens on
+            dead = free_ports(2)
+            studio = StudioProcess(tmp_path / name, f"http://127.0.0.1:{dead[0]}", f"http://127.0.0.1:{dead[1]}",
+                                   None, **limits)
+        if data_from is not None:
+            shutil.copytree(data_from.data_dir, studio.data_dir)
+        started.append(studio)
+        return studio.start()
+
+    yield make
+    for studio in started:
+        studio.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is not installed: apt-get install -y chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def picture() -> bytes:
+    """A real photograph (scikit-image's astronaut), small: the tiny models take it in milliseconds."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
