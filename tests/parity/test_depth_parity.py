@@ -4,7 +4,7 @@ Reference, as the Depth Anything model card: the weights' ``AutoImageProcessor``
 ``AutoModelForDepthEstimation``, then ``processor.post_process_depth_estimation(outputs,
 target_sizes=[(height, width)])``.
 
-The handler makes two documented choices (handlers/depth.py) the card's recipe does not:
+The handler makes two documented choices (handlers/depth_estimator.py) the card's recipe does not:
 1. it resizes every image to the model's square input WITHOUT keeping the aspect ratio (so a
    batch stacks), where the processor by default keeps it (and rounds to a multiple of 14);
 2. it resizes the prediction back to the image BILINEARLY (no overshoot beyond the model's range),

@@ -4,7 +4,7 @@ Reference, as the ViTPose model card: the weights' ``AutoImageProcessor`` with `
 ``[x, y, w, h]``) into ``VitPoseForPoseEstimation``, then
 ``processor.post_process_pose_estimation(outputs, boxes=...)``. The request sends ``roi``, so the
 detector is out of the loop and both sides see the same boxes. The handler's one documented
-change (handlers/pose.py): keypoints are clipped to the image; the reference is clipped the same.
+change (handlers/pose_estimator.py): keypoints are clipped to the image; the reference is clipped the same.
 Served values are rounded (2 decimals for x, y; 4 for scores).
 
 Tolerance: x and y within 0.006 px (the 0.005 rounding plus float slack), scores within 6e-5
