@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import ApiError, BaseClient, Client
-from .render import b64_image, overlay_masks, save_json, save_pipeline
+from .render import b64_image, overlay_masks, save_interpret, save_json, save_pipeline
 
 
 def _image_arg(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_argument("--workflow", action="store_true", help="use /wfpredict/pipeline (the workflow; REST only)")
     pipeline.add_argument("--stream", action="store_true", help="show each stage as it finishes")
     pipeline.add_argument("--name", default="pipeline", help="file name prefix in --out")
+
+    interpret = commands.add_parser("interpret",
+                                    help="image -> caption + priors -> new images from them, ranked by CLIP")
+    _image_arg(interpret)
+    interpret.add_argument("--caption", help="use this caption instead of BLIP's (it is sd's prompt)")
+    interpret.add_argument("--priors", nargs="+", choices=["depth", "pose", "canny"])
+    interpret.add_argument("--mode", choices=["each", "combined"],
+                           help="each: one ControlNet per prior; combined: all priors in one MultiControlNet")
+    interpret.add_argument("--samples", type=int, help="samples per prior (each) or in all (combined)")
+    interpret.add_argument("--scale", nargs="+", default=[], metavar="PRIOR=SCALE",
+                           help="ControlNet conditioning scale per prior, e.g. depth=0.8")
+    interpret.add_argument("--prior-image", nargs="+", default=[], metavar="PRIOR=FILE",
+                           help="use this control image for a prior instead of computing it")
+    interpret.add_argument("--seed", type=int)
+    interpret.add_argument("--steps", type=int, help="denoising steps of each generation")
+    interpret.add_argument("--width", type=int)
+    interpret.add_argument("--height", type=int)
+    interpret.add_argument("--stream", action="store_true", help="show each stage as it finishes")
+    interpret.add_argument("--name", default="interpret", help="file name prefix in --out")
 
     commands.add_parser("models", help="list registered models")
     scale = commands.add_parser("scale", help="set a model's workers")
@@ -169,6 +188,30 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
             result = client.pipeline(prompt=args.prompt, image=args.image, workflow=args.workflow, **options)
         for path in save_pipeline(result, out, args.name):
             print(path)
+    elif args.command == "interpret":
+        options = {k: v for k, v in {"caption": args.caption, "priors": args.priors, "mode": args.mode,
+                                     "samples": args.samples, "seed": args.seed, "steps": args.steps,
+                                     "width": args.width, "height": args.height}.items() if v is not None}
+        if args.scale:
+            options["scales"] = {prior: float(value) for prior, value in _pairs(args.scale, "--scale")}
+        if args.prior_image:
+            options["prior_images"] = {prior: Path(path) for prior, path in _pairs(args.prior_image, "--prior-image")}
+        if args.stream:
+            result = _follow(client.interpret_stream(args.image, **options), "stage",
+                             lambda e: f"stage {e['stage']} done")
+            if result is None:
+                return 1
+        else:
+            result = client.interpret(args.image, **options)
+        from PIL import Image
+
+        caption = result["caption"]
+        print(f"caption{' (edited)' if caption['edited'] else ''}: {caption['text']}")
+        best = result["samples"][result["best"]]
+        print(f"best: sample {result['best']} ({'+'.join(best['priors'])}, seed {best['seed']}): "
+              f"caption {best['scores']['caption']:.3f}, source {best['scores']['source']:.3f}")
+        for path in save_interpret(result, Image.open(args.image), out, args.name):
+            print(path)
     elif args.command == "models":
         for model in client.models():
             print(f"{model['modelName']}\t{model['modelUrl']}")
@@ -191,6 +234,17 @@ def _follow(events, progress_key: str, describe) -> dict | None:
     if result is None:
         print("error: the stream ended without a result", file=sys.stderr)
     return result
+
+
+def _pairs(values: list[str], option: str) -> list[tuple[str, str]]:
+    """``["depth=0.8", ...]`` -> ``[("depth", "0.8"), ...]``."""
+    pairs = []
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise SystemExit(f"error: {option} takes PRIOR=VALUE, got {value!r}")
+        pairs.append((name, rest))
+    return pairs
 
 
 def _mkdir(path: Path) -> Path:

@@ -122,6 +122,17 @@ class BaseClient:
         """``{"stage", "result"}`` as each stage finishes, then the response :meth:`pipeline` gives."""
         return self.stream("pipeline", _pipeline_body(prompt, image, options))
 
+    def interpret(self, image: ImageInput, **options: Any) -> dict[str, Any]:
+        """The interpreter (DESIGN.md §12): the image's caption and priors, new images generated from
+        them, ranked by CLIP. ``options``: ``caption`` (replaces the generated one), ``priors``,
+        ``mode``, ``samples``, ``scales``, ``prior_images`` ({type: image}, each any :data:`ImageInput`),
+        ``seed`` and sd's generation fields."""
+        return self.predict("interpret", _interpret_body(image, options))
+
+    def interpret_stream(self, image: ImageInput, **options: Any) -> Iterator[dict[str, Any]]:
+        """``{"stage", "result"}`` for the caption, each prior and the scored samples, then the response."""
+        return self.stream("interpret", _interpret_body(image, options))
+
 
 class Client(BaseClient):
     """The REST transport: TorchServe's inference, management and workflow APIs over HTTP."""
@@ -205,6 +216,13 @@ def _body(response: requests.Response) -> Any:
 
 def _pipeline_body(prompt: str | None, image: ImageInput | None, options: dict[str, Any]) -> dict[str, Any]:
     return _drop_none({"prompt": prompt, "image": encode_image(image) if image is not None else None, **options})
+
+
+def _interpret_body(image: ImageInput, options: dict[str, Any]) -> dict[str, Any]:
+    prior_images = options.pop("prior_images", None)
+    if prior_images:
+        options["prior_images"] = {name: encode_image(value) for name, value in prior_images.items()}
+    return _drop_none({"image": encode_image(image), **options})
 
 
 def _drop_none(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the tiny profile: build, archive, start TorchServe with every model and the
-# pipeline, run a prompt and a real photograph through the pipeline, and save the pictures.
+# pipeline, run a prompt and a real photograph through the pipeline, interpret the photograph (priors ->
+# new images ranked by CLIP), and save the pictures.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
 profile="${PROFILE:-tiny}"
@@ -24,9 +25,15 @@ say "== pipeline on a real photograph (scikit-image's astronaut sample)"
   --priors depth pose --name photo
 
 say ""
-say "Pictures and JSON are in $out/ (prompt_*.png, photo_*.png)."
+say "== interpret the photograph (caption + depth + pose priors -> ControlNet samples -> ranked by CLIP)"
+"${client[@]}" interpret "$out/astronaut.png" --priors depth pose --samples 2 --seed 7 --name interpret
+
+say ""
+say "Pictures and JSON are in $out/ (prompt_*.png, photo_*.png, interpret_*.png; interpret_contact_sheet.png"
+say "shows the photo, its priors and the samples in rank order with their scores)."
 if [ "$profile" = tiny ]; then
-  say "NOTE: the tiny profile has small random weights, so generated images are noise and labels are arbitrary;"
+  say "NOTE: the tiny profile has small random weights, so generated images are noise, and captions, labels"
+  say "and rankings are arbitrary;"
   say "it shows the serving path, not model quality. For real results (needs internet and time):"
   say "  scripts/stop.sh && PROFILE=pretrained scripts/demo.sh"
 fi

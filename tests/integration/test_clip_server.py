@@ -1,9 +1,10 @@
 """`clip` on the real TorchServe: JSON and raw bodies, batching, per-request errors."""
 from concurrent.futures import ThreadPoolExecutor
 
+from harness import png_b64, png_bytes, sample_image
+
 from handlers.common import BATCH_SIZE_HEADER
 from handlers.common.vocabulary import DEFAULT_CONCEPTS
-from harness import png_b64, png_bytes, sample_image
 
 
 def test_json_request(server):
@@ -72,3 +73,20 @@ def test_requires_tokens(server):
     response = server.get("management", "/models", token=server.token("inference"))
     assert response.status_code == 400 and response.json()["type"] == "InvalidKeyException"
     assert server.get("management", "/models").status_code == 200
+
+
+def test_images_form_scores_each_image_by_raw_cosine_against_texts_and_reference(server):
+    images = [png_b64(sample_image(seed=i)) for i in range(3)]
+    body = {"images": images, "texts": ["a cat", "a dog"], "reference_image": images[1]}
+    response = server.predict("clip", body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["texts"] == ["a cat", "a dog"]
+    assert [len(s["texts"]) for s in answer["similarities"]] == [2, 2, 2]
+    references = [s["reference"] for s in answer["similarities"]]
+    assert abs(references[1] - 1) < 1e-4 and max(references[0], references[2]) < 1 - 1e-4
+    # the single-image form of the same image gives a softmax over the same texts, unchanged
+    single = server.predict("clip", {"image": images[0], "texts": ["a cat", "a dog"]}).json()
+    assert abs(sum(single["confidence_scores"]) - 1) < 1e-4
+    refused = server.predict("clip", {"images": images, "image": images[0]})
+    assert refused.status_code == 400 and refused.json()["message"].startswith("image: ")
