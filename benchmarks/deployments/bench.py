@@ -45,7 +45,8 @@ TEXTS = ["a red bicycle", "a tree", "a cat", "a car", "a house"]  # pipeline_ben
 
 
 def request_plan(quick: bool) -> dict[str, dict[int, int]]:
-    """Requests sent per concurrency (bounded: the whole part stays well under 25 minutes)."""
+    """Requests measured per concurrency, after a warm-up round of ``concurrency`` more (bounded: the
+    whole part stays under 25 minutes)."""
     scale = 0.5 if quick else 1.0
     plans = {"pipeline": {1: 24, 8: 96, 32: 192}, "clip": {1: 40, 8: 160, 32: 320}, "clip-arch": {1: 8, 8: 32, 32: 64}}
     return {k: {c: max(c, int(n * scale)) for c, n in v.items()} for k, v in plans.items()}
@@ -74,7 +75,9 @@ class Bodies:
 
 
 def load(stack: Stack, model: str, bodies: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
-    """Closed loop at ``concurrency`` over ``bodies``; throughput, latency percentiles, batch sizes."""
+    """Closed loop at ``concurrency``: the first ``concurrency`` bodies warm up (connection pools,
+    batchers' first batches; not counted), the rest are measured. Throughput, latency percentiles,
+    batch sizes."""
     sizes: list[int] = []
     failures: list[str] = []
     lock = threading.Lock()
@@ -89,8 +92,7 @@ def load(stack: Stack, model: str, bodies: list[dict[str, Any]], concurrency: in
         if answer.status != 200:
             raise RuntimeError(f"{model} -> {answer.status}")
 
-    # warm-up at the same concurrency (not counted): connection pools, batchers' first batches
-    bl.closed_loop(send, concurrency, requests_total=min(len(bodies), concurrency))
+    bl.closed_loop(send, concurrency, requests_total=concurrency)
     sizes.clear()
     failures.clear()
     measured = bl.closed_loop(lambda i: send(i + concurrency), concurrency, requests_total=len(bodies) - concurrency)
@@ -147,7 +149,8 @@ def measure_tiny(
         for model, key in ((serving.PIPELINE, "pipeline"), ("clip", "clip")):
             for concurrency in CONCURRENCY:
                 count = requests_per[key][concurrency]
-                batch = bodies.pipeline(count) if model == serving.PIPELINE else bodies.clip(count, 64)
+                total = count + concurrency  # the warm-up round first
+                batch = bodies.pipeline(total) if model == serving.PIPELINE else bodies.clip(total, 64)
                 log(f"deployments tiny: {name} {model} at {concurrency} in flight ({count} requests)")
                 result[f"{key}@{concurrency}"] = load(stack, model, batch, concurrency)
         log(f"deployments tiny: {name} feature probes")
@@ -175,7 +178,7 @@ def measure_arch_clip(
         for concurrency in CONCURRENCY:
             count = requests_per[concurrency]
             log(f"deployments arch clip: {name} at {concurrency} in flight ({count} requests)")
-            result[f"clip@{concurrency}"] = load(stack, "clip", bodies.clip(count, 256), concurrency)
+            result[f"clip@{concurrency}"] = load(stack, "clip", bodies.clip(count + concurrency, 256), concurrency)
     except Exception as exc:
         traceback.print_exc()
         result["failed"] = f"{type(exc).__name__}: {exc}"[:600]
@@ -194,17 +197,16 @@ def glue_lines(stack_name: str) -> dict[str, int]:
     return counts
 
 
-def run(quick: bool = False, stacks: list[str] | None = None, tiny_threads: int = 1, arch: bool = True) -> list[Figure]:
+def run(
+    quick: bool = False, stacks: list[str] | None = None, tiny_threads: int = 1, arch: bool = True, tiny: bool = True
+) -> list[Figure]:
     chosen = [s for s in ORDER if s in (stacks or ORDER)]
     requests_per = request_plan(quick)
     bodies = Bodies()
     models = serving.pipeline_models()
     bl.ensure_weights("tiny", models)
     work = bl.WORK / "deployments"
-    tiny_plan = {
-        **serving.serving_plan("tiny", [*models, serving.PIPELINE], tiny_threads or None),
-        "threads_override": bool(tiny_threads),
-    }
+    tiny_plan = serving.serving_plan("tiny", [*models, serving.PIPELINE], tiny_threads or None)
     tiny_path = serving.write_plan(work / "plan-tiny.json", tiny_plan)
     log(
         f"deployments: plan {tiny_path}: "
@@ -214,18 +216,20 @@ def run(quick: bool = False, stacks: list[str] | None = None, tiny_threads: int 
             for m, s in tiny_plan["serving"].items()
         )
     )
-    tiny = {name: measure_tiny(name, tiny_plan, tiny_path, requests_per, bodies) for name in chosen}
+    tiny_results = {}
+    if tiny:
+        tiny_results = {name: measure_tiny(name, tiny_plan, tiny_path, requests_per, bodies) for name in chosen}
     arch_results: dict[str, dict[str, Any]] = {}
     if arch:
         bl.ensure_weights("arch", ["clip"])
-        arch_plan = {**serving.serving_plan("arch", ["clip"], None), "threads_override": False}
+        arch_plan = serving.serving_plan("arch", ["clip"], None)
         arch_path = serving.write_plan(work / "plan-arch-clip.json", arch_plan)
         arch_results = {
             name: measure_arch_clip(name, arch_plan, arch_path, requests_per["clip-arch"], bodies) for name in chosen
         }
     cited = features.cited(chosen)
     report = {
-        "tiny": tiny,
+        "tiny": tiny_results,
         "arch_clip": arch_results,
         "plan": {"tiny": tiny_plan},
         "glue_lines": {name: glue_lines(name) for name in chosen},
@@ -410,9 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stacks", nargs="+", choices=ORDER, default=list(ORDER))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-arch", action="store_true", help="skip clip on the arch profile")
+    parser.add_argument("--no-tiny", action="store_true", help="skip the tiny profile (arch clip only)")
     parser.add_argument("--tiny-threads", type=int, default=1)
     args = parser.parse_args(argv)
-    for fig in run(args.quick, args.stacks, args.tiny_threads, not args.no_arch):
+    for fig in run(args.quick, args.stacks, args.tiny_threads, not args.no_arch, not args.no_tiny):
         print(fig.line())
     return 0
 

@@ -230,7 +230,7 @@ def _errors_in_batch(stack: Any, bodies: Any) -> str:
     in_band = " in-band (HTTP 200; status in the answer)" if bad.http_status == 200 else f" HTTP {bad.http_status}"
     size = f", batch of {bad.batch_size}" if bad.batch_size else ""
     isolated = bad.status in range(400, 500) and ok == len(good)
-    if bad.batch_size == 1:   # nothing shared a batch: isolation untested by this stack
+    if bad.batch_size == 1:  # nothing shared a batch: isolation untested by this stack
         return f"no batches: bad one {bad.status}{in_band}, {ok}/{len(good)} others 200 (each ran alone)"
     return f"{'yes' if isolated else 'no'}: bad one {bad.status}{in_band}{size}, {ok}/{len(good)} others 200"
 

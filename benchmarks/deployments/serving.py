@@ -4,8 +4,10 @@
   stack uses, read from ``models/<name>/model-config.yaml`` as scripts/archive.sh renders it
   (``batchSize``, ``maxBatchDelay``, ``minWorkers``, ``responseTimeout``, ``handler.torch_threads``);
   the benchmark's only override is the torch thread count (``--tiny-threads``, as the tiny
-  deployment of benchmarks/run.py uses). The benchmark writes the plan to a JSON file and every
-  peer server reads that file (``DEPLOY_PLAN``), so no stack has settings of its own.
+  deployment of benchmarks/run.py uses). A thread count the yaml leaves to torch is written out as
+  the host's cores, and TorchServe's archives get the same number, so no stack runs on a default.
+  The benchmark writes the plan to a JSON file and every peer server reads that file
+  (``DEPLOY_PLAN``), so no stack has settings of its own.
 * :class:`ModelRunner`: a model's handler class, initialised and called through a real
   ``ts.context.Context`` exactly as tests/harness.py does (``handle()`` on a batch), so each stack
   runs the same parse -> one forward per batch -> per-request status code.

@@ -121,10 +121,11 @@ class TorchServeStack(Stack):
         bl.ensure_weights(profile, models)
         label = f"deployments-{profile}-{'-'.join(self.plan['models'])}"
         store = bl.build_store(label, profile, self.plan["models"])
-        if self.plan.get("threads_override"):  # tiny: the same torch_threads as the peers (as run.py's tiny section)
-            for name in models:
-                threads = self.plan["serving"][name]["torch_threads"]
-                bl.variant_archive(store, name, name, {"handler": {"torch_threads": threads}})
+        # the plan's torch_threads, as every peer uses them (a copy of the archive: models/ untouched)
+        for name in models:
+            bl.variant_archive(
+                store, name, name, {"handler": {"torch_threads": self.plan["serving"][name]["torch_threads"]}}
+            )
         started = time.perf_counter()
         self.server = bl.start_server(label, store)
         self.process = self.server.process
@@ -181,8 +182,10 @@ class PeerStack(Stack):
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = [line for line in self.log_path.read_text().splitlines() if line.strip()][-3:]
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} ({self.log_path.name}): "
-                                   + " / ".join(line.strip() for line in tail))
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode} ({self.log_path.name}): "
+                    + " / ".join(line.strip() for line in tail)
+                )
             if self.is_ready():
                 self.ready_s = time.perf_counter() - started
                 return self
