@@ -210,6 +210,21 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/
     ("PipelineRequest", {"prompt": "a", "image": PNG}, False),
     ("PipelineRequest", {"image": PNG, "steps": 10}, False),
     ("PipelineRequest", {"image": PNG, "priors": ["normals"]}, False),
+    ("ClipRequest", {"images": [PNG, PNG], "texts": ["a cat"], "reference_image": PNG}, True),
+    ("ClipRequest", {"images": [PNG], "image": PNG}, False),
+    ("ClipRequest", {"images": [PNG], "roi": [[0, 0, 1, 1]]}, False),
+    ("ClipRequest", {"image": PNG, "reference_image": PNG}, False),
+    ("ClipRequest", {"images": []}, False),
+    ("InterpretRequest", {"image": PNG, "priors": ["depth", "canny"], "mode": "combined", "samples": 2,
+                          "scales": {"depth": 0.5}, "prior_images": {"canny": PNG}, "caption": "a cat", "seed": 1,
+                          "steps": 2, "stream": True}, True),
+    ("InterpretRequest", {"image": PNG, "priors": ["normals"]}, False),
+    ("InterpretRequest", {"image": PNG, "priors": ["depth", "depth"]}, False),
+    ("InterpretRequest", {"image": PNG, "samples": 5}, False),
+    ("InterpretRequest", {"image": PNG, "mode": "all"}, False),
+    ("InterpretRequest", {"image": PNG, "scales": {"normals": 1}}, False),
+    ("InterpretRequest", {"image": PNG, "prompt": "a cat"}, False),
+    ("InterpretRequest", {"caption": "a cat"}, False),
 ])
 def test_schemas_accept_and_refuse_like_the_parsers(document, schema, body, valid):
     # the README's and test_bad_input.py's cases, judged by a JSON Schema 2020-12 validator
