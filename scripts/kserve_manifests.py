@@ -46,10 +46,11 @@ MOUNT = "/mnt/models"
 RUNTIME = "kserve-torchserve"
 # KServe sends a predictor's traffic to its container port 8080; the runtime's prometheus annotation
 # scrapes 8082. Management stays on loopback inside the pod (TorchServe's token is off there).
+INFERENCE_PORT, METRICS_PORT = 8080, 8082
 POD_ADDRESSES = {
-    "inference_address": "http://0.0.0.0:8080",
+    "inference_address": f"http://0.0.0.0:{INFERENCE_PORT}",
     "management_address": "http://127.0.0.1:8081",
-    "metrics_address": "http://0.0.0.0:8082",
+    "metrics_address": f"http://0.0.0.0:{METRICS_PORT}",
     "grpc_inference_address": "127.0.0.1",
     "grpc_management_address": "127.0.0.1",
 }
@@ -208,7 +209,8 @@ def inference_service(name: str, config: dict[str, Any], options: argparse.Names
         "image": options.image,
         "resources": resources(section),
         # TorchServe answers /ping once its frontend is up; the snapshot's workers load first
-        "readinessProbe": {"httpGet": {"path": "/ping"}, "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10,
+                           "failureThreshold": 3},
     }
     if model_urls is not None:
         # workflows/connect.py: where this model's stages call the others
@@ -243,7 +245,7 @@ def network_policy(name: str, callers: list[str], options: argparse.Namespace) -
         monitoring = {"matchLabels": {"kubernetes.io/metadata.name": options.monitoring_namespace}}
         ingress.append({
             "from": [{"namespaceSelector": monitoring}],
-            "ports": [{"protocol": "TCP", "port": 8082}],
+            "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
         })
     return {
         "apiVersion": "networking.k8s.io/v1",

@@ -26,6 +26,7 @@ layout TorchServe's own kservev2 envelope uses). Streaming is refused: both prot
 :func:`request_for` and :func:`answer_from` are the calling side, for the pipeline's stages
 (workflows/connect.py): the same protocol, written and read.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,12 @@ from typing import Any
 from .errors import InputError
 from .payload import json_type, read_payload, reject_unknown
 
-V1 = "kserve"        # TS_SERVICE_ENVELOPE for KServe's protocolVersion v1
-V2 = "kservev2"      # ... and for v2 (the Open Inference Protocol)
+V1 = "kserve"  # TS_SERVICE_ENVELOPE for KServe's protocolVersion v1
+V2 = "kservev2"  # ... and for v2 (the Open Inference Protocol)
 PROTOCOLS = (V1, V2)
 # where the taken-over envelope notes the deployment's protocol for the handler
 CONTEXT_KEY = "kserve_protocol"
-V2_INPUT_NAME = "request"   # the one input (and output) the calling side sends
+V2_INPUT_NAME = "request"  # the one input (and output) the calling side sends
 
 
 def take_over_torchserve_envelopes() -> None:
@@ -90,6 +91,14 @@ class Envelopes:
 
     def open(self, idx: int, row: Mapping[str, Any]) -> dict[str, Any]:
         """Request ``idx``'s payload, the model's own request; raise InputError naming the field."""
+        # TorchServe routes KServe's :explain (v1) and /explain (v2) to the handler too, marked so
+        if self.context.get_request_header(idx, "explain") == "True":
+            raise InputError(
+                "explain",
+                "these models give no explanations: call :predict (v1) or /infer (v2)",
+                code=404,
+                kind="NotFound",
+            )
         body = read_payload(row)
         if self.protocol is None:
             return body
@@ -111,8 +120,9 @@ class Envelopes:
             "id": request_id or self.context.get_request_id(idx),
             "model_name": model.get("modelName") or getattr(self.context, "model_name", None),
             "model_version": model.get("modelVersion"),
-            "outputs": [{"name": name, "shape": [1], "datatype": "BYTES",
-                         "data": [json.dumps(answer, separators=(",", ":"))]}],
+            "outputs": [
+                {"name": name, "shape": [1], "datatype": "BYTES", "data": [json.dumps(answer, separators=(",", ":"))]}
+            ],
         }
 
     # --- v1: {"instances": [request]} ---------------------------------------------------------
@@ -125,15 +135,21 @@ class Envelopes:
         if not isinstance(instances, list):
             raise InputError("instances", f"must be a list holding one request, got {json_type(instances)}")
         if len(instances) != 1:
-            raise InputError("instances", f"has {len(instances)} instances; send one per request "
-                                          "(TorchServe batches requests, each with its own status)")
+            raise InputError(
+                "instances",
+                f"has {len(instances)} instances; send one per request "
+                "(TorchServe batches requests, each with its own status)",
+            )
         return _instance(instances[0], "instances[0]")
 
     # --- v2: {"inputs": [{"name", "shape": [1], "datatype": "BYTES", "data": [request]}]} ---------
     def _open_v2(self, idx: int, body: dict[str, Any]) -> dict[str, Any]:
         if "inputs" not in body:
-            raise InputError("inputs", 'is required: a KServe v2 request is {"inputs": [{"name", "shape": [1], '
-                                       '"datatype": "BYTES", "data": [<request>]}]}')
+            raise InputError(
+                "inputs",
+                'is required: a KServe v2 request is {"inputs": [{"name", "shape": [1], '
+                '"datatype": "BYTES", "data": [<request>]}]}',
+            )
         reject_unknown(body, ("id", "inputs", "outputs", "parameters"))
         request_id = body.get("id")
         if request_id is not None and not isinstance(request_id, str):
@@ -142,8 +158,11 @@ class Envelopes:
         if not isinstance(inputs, list):
             raise InputError("inputs", f"must be a list holding one input, got {json_type(inputs)}")
         if len(inputs) != 1:
-            raise InputError("inputs", f"has {len(inputs)} inputs; send one per request "
-                                       "(TorchServe batches requests, each with its own status)")
+            raise InputError(
+                "inputs",
+                f"has {len(inputs)} inputs; send one per request "
+                "(TorchServe batches requests, each with its own status)",
+            )
         item = inputs[0]
         if not isinstance(item, dict):
             raise InputError("inputs[0]", f"must be an object, got {json_type(item)}")
@@ -152,8 +171,9 @@ class Envelopes:
         if not isinstance(name, str) or not name:
             raise InputError("inputs[0].name", "is required (a non-empty string)")
         if item.get("datatype") != "BYTES":
-            raise InputError("inputs[0].datatype",
-                             f"must be BYTES (the request as JSON text), got {item.get('datatype')!r}")
+            raise InputError(
+                "inputs[0].datatype", f"must be BYTES (the request as JSON text), got {item.get('datatype')!r}"
+            )
         if item.get("shape") != [1]:
             raise InputError("inputs[0].shape", f"must be [1] (one request), got {item.get('shape')!r}")
         data = item.get("data")
@@ -185,8 +205,16 @@ def request_for(protocol: str | None, model: str, payload: dict[str, Any]) -> tu
     if protocol == V1:
         return f"/v1/models/{model}:predict", {"instances": [payload]}
     if protocol == V2:
-        return f"/v2/models/{model}/infer", {"inputs": [{"name": V2_INPUT_NAME, "shape": [1], "datatype": "BYTES",
-                                                         "data": [json.dumps(payload, separators=(",", ":"))]}]}
+        return f"/v2/models/{model}/infer", {
+            "inputs": [
+                {
+                    "name": V2_INPUT_NAME,
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [json.dumps(payload, separators=(",", ":"))],
+                }
+            ]
+        }
     return f"/predictions/{model}", payload
 
 
@@ -202,6 +230,7 @@ def answer_from(protocol: str | None, body: Any) -> dict[str, Any]:
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ValueError(f"not a KServe {protocol} answer: {type(exc).__name__}: {exc}") from None
     if not isinstance(answer, dict):
-        raise ValueError(f"expected a JSON object inside the {protocol or 'TorchServe'} answer, "
-                         f"got {json_type(answer)}")
+        raise ValueError(
+            f"expected a JSON object inside the {protocol or 'TorchServe'} answer, got {json_type(answer)}"
+        )
     return answer

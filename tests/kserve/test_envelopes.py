@@ -202,6 +202,9 @@ def test_a_bad_request_gets_a_4xx_naming_the_field_and_the_worker_lives(pod):
         error = response.json()
         assert set(error) == {"request_id", "code", "type", "message"} and error["code"] == 400
         assert error["message"].startswith(message), (message, error["message"])
+    explain = "/v1/models/clip:explain" if envelope == V1 else "/v2/models/clip/explain"
+    unexplained = ts.post("inference", explain, json=enveloped(envelope, {"image": IMAGE}))
+    assert unexplained.status_code == 404 and unexplained.json()["message"].startswith("explain: ")
     # the deployment speaks its protocol on every route: a plain body is refused naming the envelope
     plain = ts.predict("clip", {"image": IMAGE})
     assert plain.status_code == 400 and plain.json()["message"].startswith("instances" if envelope == V1 else "inputs")
