@@ -33,6 +33,19 @@ def decode_png_array(text: str) -> np.ndarray:
     return np.asarray(image)
 
 
+# generated images (sd): worker and test process may run oneDNN with other thread counts, whose float
+# sums can round apart by ~1e-6 before the uint8 conversion
+MAX_LEVEL_DIFF = 1
+MAX_DIFFERING_FRACTION = 0.005
+
+
+def assert_same_image(served: np.ndarray, reference: np.ndarray) -> None:
+    assert served.shape == reference.shape
+    diff = np.abs(served.astype(np.int16) - reference.astype(np.int16))
+    assert diff.max() <= MAX_LEVEL_DIFF, f"max level difference {diff.max()}"
+    assert (diff > 0).mean() <= MAX_DIFFERING_FRACTION, f"{(diff > 0).mean():.2%} of values differ"
+
+
 def ok(response) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     return response.json()

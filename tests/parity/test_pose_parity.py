@@ -14,8 +14,9 @@ The detector (requests without ``roi``), checked on the same archive registered 
 a threshold and a minimum box side the tiny detector's detections pass: each person the server
 reports is one of RT-DETR's own ``post_process_object_detection`` detections on the person class
 alone (the handler's documented scoring: per query, not the top-k over all 80 classes), clipped to
-the image, box and score within the rounding, the best one first. On the served threshold (0.5, which random weights never
-reach) the library finds no person either, and the server falls back to the whole image.
+the image, box and score within the rounding, the best one first. On the served threshold (0.5,
+which random weights never reach) the library finds no person either, and the server falls back
+to the whole image.
 """
 from __future__ import annotations
 

@@ -18,10 +18,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
-from parity.common import decode_png_array, handler_settings, ok, served_weights
-
-MAX_LEVEL_DIFF = 1
-MAX_DIFFERING_FRACTION = 0.005
+from parity.common import assert_same_image, decode_png_array, handler_settings, ok, served_weights
 
 # the request's scheduler name -> the diffusers class a user would pick for it (None: the weights' own)
 SCHEDULER_CLASSES = {"default": None, "dpm++": DPMSolverMultistepScheduler, "euler_a": EulerAncestralDiscreteScheduler}
@@ -50,13 +47,6 @@ def reference_images(pipe, scheduler: str, prompts: list[str], seeds: list[int],
         return images
     finally:
         pipe.scheduler = own
-
-
-def assert_same_image(served: np.ndarray, reference: np.ndarray) -> None:
-    assert served.shape == reference.shape
-    diff = np.abs(served.astype(np.int16) - reference.astype(np.int16))
-    assert diff.max() <= MAX_LEVEL_DIFF, f"max level difference {diff.max()}"
-    assert (diff > 0).mean() <= MAX_DIFFERING_FRACTION, f"{(diff > 0).mean():.2%} of values differ"
 
 
 CASES = [
