@@ -70,6 +70,7 @@ from handlers.common import (
     get_int,
     get_str,
     get_str_list,
+    model_dir,
     reject_unknown,
     weights_dir,
 )
@@ -110,6 +111,10 @@ class TextToImage(BatchHandler):
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.vae.enable_slicing()  # one image per VAE decode: batch-invariant, and bounded memory
+        if self.settings.adapter:
+            # a fine-tune (scripts/deploy_version.sh): the LoRA adapter shipped in this archive on top
+            # of the base weights the archive references; the base's own archive never has one
+            self.pipe.load_lora_weights(model_dir(context) / self.settings.adapter)
 
         settings = self.settings
         self.model_name = settings.model_name
@@ -317,9 +322,10 @@ class TextToImage(BatchHandler):
         if not given_width and not given_height:
             return fallback
         ratio = fallback[1] / fallback[0]  # height / width of the control image
+        most = self.settings.limits.max_pixels  # the derived side shrinks to keep the size legal
         if given_width:
-            return width, self._legal_side(width * ratio)
-        return self._legal_side(height / ratio), height
+            return width, self._legal_side(min(width * ratio, most / width))
+        return self._legal_side(min(height / ratio, most / height)), height
 
     def _steps(self, payload: dict[str, Any]) -> int:
         return int(get_int(payload, "steps", default=self.default_steps, minimum=1,

@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers.models.controlnets.controlnet import ControlNetOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from harness import load_handler, model_config, png_b64, run_batch, sample_image
 
 from handlers.common import decode_png
 from handlers.text_to_image import TextToImage, forward_per_image
-from harness import load_handler, model_config, png_b64, run_batch, sample_image
 
 STEPS = 3
 DEPTH = png_b64(sample_image(64, 64, seed=1))
@@ -179,11 +179,11 @@ def test_a_type_not_loaded_is_a_4xx_naming_it(tmp_path):
 
 
 def test_settings_refuse_bad_control_defaults():
-    with pytest.raises(Exception, match="control.scale"):
+    with pytest.raises(Exception, match=r"control\.scale"):
         load_handler(TextToImage, "sd", control={"scale": 3.0})
     with pytest.raises(Exception, match="start"):
         load_handler(TextToImage, "sd", control={"start": 0.5, "end": 0.5})
-    with pytest.raises(Exception, match="control.types"):
+    with pytest.raises(Exception, match=r"control\.types"):
         load_handler(TextToImage, "sd", control={"types": ["depth", "segmentation"]})
 
 
