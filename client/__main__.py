@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--height", type=int)
     generate.add_argument("--negative-prompt")
     generate.add_argument("--stream", action="store_true", help="show denoising progress")
+    generate.add_argument("--control", action="append", default=[], metavar="TYPE=FILE",
+                          help="a ControlNet control image (depth, pose or canny), e.g. depth=depth_control.png; "
+                               "repeat for several")
+    generate.add_argument("--control-scale", action="append", default=[], metavar="TYPE=SCALE",
+                          help="that control's conditioning scale (0-2), e.g. depth=0.8")
 
     concepts = commands.add_parser("concepts", help="image + texts -> CLIP concept scores")
     _image_arg(concepts)
@@ -59,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     segment.add_argument("--point-labels", type=_json_arg)
 
     for name in ("depth", "pose"):
-        _image_arg(commands.add_parser(name, help=f"image -> {name}"))
+        _image_arg(commands.add_parser(name, help=f"image -> {name} (and its ControlNet control image)"))
+
+    canny = commands.add_parser("canny", help="image -> Canny edge map, a control image for generate (local)")
+    _image_arg(canny)
+    canny.add_argument("--low", type=int, help="hysteresis low threshold (default: ControlNet's)")
+    canny.add_argument("--high", type=int, help="hysteresis high threshold (default: ControlNet's)")
 
     caption = commands.add_parser("caption", help="image -> a caption (BLIP)")
     _image_arg(caption)
@@ -136,6 +146,19 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
     if args.command == "generate":
         options = {k: v for k, v in {"seed": args.seed, "steps": args.steps, "width": args.width, "height": args.height,
                                      "negative_prompt": args.negative_prompt}.items() if v is not None}
+        if args.control:
+            from .rest import control_entries
+
+            scales = {kind: float(value) for kind, value in _pairs(args.control_scale, "--control-scale")}
+            images = {kind: Path(path) for kind, path in _pairs(args.control, "--control")}
+            try:
+                options["control"] = control_entries(images, scales)
+            except ValueError as error:
+                print(f"error: --control-scale: {error}", file=sys.stderr)
+                return 2
+        elif args.control_scale:
+            print("error: --control-scale needs a --control of the same type", file=sys.stderr)
+            return 2
         if args.stream:
             result = _follow(client.generate_stream(args.prompt, **options), "step",
                              lambda e: f"denoising step {e['step']}/{e['steps']}")
@@ -167,7 +190,18 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         picture = b64_image(result["colormap"] if args.command == "depth" else result["overlay"])
         picture.save(_mkdir(out) / f"{args.command}.png")
         print(out / f"{args.command}.png")
+        if "control_image" in result:  # what `generate --control depth=...` (or pose=) takes
+            b64_image(result["control_image"]).save(out / f"{args.command}_control.png")
+            print(out / f"{args.command}_control.png")
         print(save_json(result, out / f"{args.command}.json"))
+    elif args.command == "canny":
+        from PIL import Image
+
+        from handlers.common.edges import canny_edges
+
+        thresholds = {k: v for k, v in {"low": args.low, "high": args.high}.items() if v is not None}
+        canny_edges(Image.open(args.image), **thresholds).save(_mkdir(out) / "canny_control.png")
+        print(out / "canny_control.png")
     elif args.command == "caption":
         result = client.caption(args.image, args.prompt, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
         print(result["caption"])

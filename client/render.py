@@ -52,6 +52,9 @@ def save_pipeline(result: dict[str, Any], out: Path, name: str = "pipeline") -> 
         saved.append(_save(b64_image(result["depth"]["colormap"]), out / f"{name}_depth.png"))
     if "pose" in result:
         saved.append(_save(b64_image(result["pose"]["overlay"]), out / f"{name}_pose.png"))
+    for prior in ("depth", "pose"):  # the ControlNet inputs, where the answer carries them
+        if isinstance(result.get(prior), dict) and result[prior].get("control_image"):
+            saved.append(_save(b64_image(result[prior]["control_image"]), out / f"{name}_{prior}_control.png"))
     saved.append(save_json(result, out / f"{name}.json"))
     return saved
 

@@ -85,11 +85,13 @@ class BaseClient:
 
     # --- one method per endpoint ---------------------------------------------------------------
     def generate(self, prompt: str | list[str], **options: Any) -> dict[str, Any]:
-        return self.predict("sd", {"prompt": prompt, **options})
+        """``options``: sd's fields; ``control`` entries may carry any :data:`ImageInput` as ``image``
+        (see :func:`control_entries`)."""
+        return self.predict("sd", _generate_body(prompt, options))
 
     def generate_stream(self, prompt: str | list[str], **options: Any) -> Iterator[dict[str, Any]]:
         """``{"step", "steps"}`` after each denoising step, then the result :meth:`generate` gives."""
-        return self.stream("sd", {"prompt": prompt, **options})
+        return self.stream("sd", _generate_body(prompt, options))
 
     def concepts(self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None) -> dict[str, Any]:
         return self.predict("clip", _drop_none({"image": encode_image(image), "texts": texts, "roi": roi}))
@@ -212,6 +214,27 @@ def _body(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text
+
+
+def control_entries(images: dict[str, ImageInput], scales: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """sd's ``control`` field from ``{type: control image}`` (and optional ``{type: scale}``), in that order.
+
+    A control image is what the type's ControlNet expects: ``depth``'s and ``pose``'s
+    ``control_image`` answers, or :func:`handlers.common.edges.canny_edges` of any picture for canny.
+    """
+    unknown = sorted(set(scales or {}) - set(images))
+    if unknown:
+        raise ValueError(f"a scale for {', '.join(unknown)} without a control image of that type")
+    return [_drop_none({"type": kind, "image": encode_image(image), "scale": (scales or {}).get(kind)})
+            for kind, image in images.items()]
+
+
+def _generate_body(prompt: str | list[str], options: dict[str, Any]) -> dict[str, Any]:
+    control = options.get("control")
+    if control:
+        options = {**options, "control": [{**entry, "image": encode_image(entry["image"])} if "image" in entry
+                                          else entry for entry in control]}
+    return {"prompt": prompt, **options}
 
 
 def _pipeline_body(prompt: str | None, image: ImageInput | None, options: dict[str, Any]) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from robustness.contract import (
 
 # Limits that need no x-limits source: they say what a value is, not how much of it is allowed.
 # (keyword, value): non-empty strings and lists, non-negative numbers, sd's positive step count,
-# and sd's sides being multiples of 8 (the VAE's scale factor; handlers/text_to_image.py); and
-# fixed-length tuples (minItems == maxItems: a box's 4 numbers).
-STRUCTURAL = {("minItems", 1), ("minLength", 1), ("minimum", 0), ("minimum", 1), ("multipleOf", 8)}
+# and sd's sides being multiples of 8 (the VAE's scale factor; handlers/text_to_image.py); fractions
+# at most 1 (sd's control start and end); and fixed-length tuples (minItems == maxItems: a box's 4 numbers).
+STRUCTURAL = {("minItems", 1), ("minLength", 1), ("minimum", 0), ("minimum", 1), ("multipleOf", 8), ("maximum", 1)}
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +225,14 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/
     ("InterpretRequest", {"image": PNG, "scales": {"normals": 1}}, False),
     ("InterpretRequest", {"image": PNG, "prompt": "a cat"}, False),
     ("InterpretRequest", {"caption": "a cat"}, False),
+    ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "scale": 0.8, "start": 0, "end": 0.5},
+                                              {"type": "pose", "image": PNG}]}, True),
+    ("SdRequest", {"prompt": "a", "control": []}, False),
+    ("SdRequest", {"prompt": "a", "control": [{"type": "seg", "image": PNG}]}, False),
+    ("SdRequest", {"prompt": "a", "control": [{"type": "depth"}]}, False),
+    ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "scale": 2.5}]}, False),
+    ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "end": 1.5}]}, False),
+    ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "weight": 1}]}, False),
 ])
 def test_schemas_accept_and_refuse_like_the_parsers(document, schema, body, valid):
     # the README's and test_bad_input.py's cases, judged by a JSON Schema 2020-12 validator
