@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from harness import ensure_tiny_weights, png_b64, sample_image
+from PIL import Image
 from robustness.tools import all_worker_pids
 
 SHORT_SIZES = [(22, 1), (4, 2), (3, 3), (1, 1)]
