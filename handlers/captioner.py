@@ -19,7 +19,7 @@ alone or batched (tested).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import BertTokenizer, BlipForConditionalGeneration, BlipProcessor
@@ -61,8 +61,8 @@ class Captioner(BatchHandler):
         limits, settings = self.settings.limits, self.settings
         image = decode_image(require(payload, "image"), limits)
         prompt = get_str(payload, "prompt", max_len=limits.max_prompt_length)
-        max_new_tokens = get_int(payload, "max_new_tokens", default=settings.max_new_tokens, minimum=1,
-                                 maximum=limits.max_new_tokens)
+        max_new_tokens = cast(int, get_int(payload, "max_new_tokens", default=settings.max_new_tokens, minimum=1,
+                                           maximum=limits.max_new_tokens))
         num_beams = get_int(payload, "num_beams", default=settings.num_beams, minimum=1, maximum=limits.max_num_beams)
         if prompt is not None:
             # the decoder holds the prompt ([DEC] + its tokens) and the new tokens in its positions
