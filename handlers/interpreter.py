@@ -8,12 +8,15 @@ copy of any weights is loaded. Over REST and gRPC ``Predictions``; with ``"strea
 """
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from handlers.common import Batch, BatchHandler, InputError, Result, ServerError
 from workflows.connect import pipeline_caller
 from workflows.interpret import InterpretRequest, InterpretSettings, parse_request, run_interpret
+
+logger = logging.getLogger(__name__)
 
 
 class Interpreter(BatchHandler):
@@ -43,3 +46,6 @@ class Interpreter(BatchHandler):
             return run_interpret(request, self.call, self.settings, send_event if request.stream else None)
         except (InputError, ServerError) as error:
             return error
+        except Exception as exc:  # answered here: re-running a batch of whole interpretations one by one would not help
+            logger.exception("interpret failed")
+            return self.server_error(exc)

@@ -26,7 +26,9 @@ say "== pipeline on a real photograph (scikit-image's astronaut sample)"
 
 say ""
 say "== interpret the photograph (caption + depth + pose priors -> ControlNet samples -> ranked by CLIP)"
-"${client[@]}" interpret "$out/astronaut.png" --priors depth pose --samples 2 --seed 7 --name interpret
+# 192x192 and 10 steps: the samples are looked at as thumbnails, and the tiny weights give noise at any size
+"${client[@]}" interpret "$out/astronaut.png" --priors depth pose --samples 2 --seed 7 --width 192 --height 192 \
+  --steps 10 --name interpret
 
 say ""
 say "Pictures and JSON are in $out/ (prompt_*.png, photo_*.png, interpret_*.png; interpret_contact_sheet.png"

@@ -36,6 +36,7 @@ from handlers.common import (
     ImageLimits,
     InputError,
     LimitError,
+    ServerError,
     Settings,
     check_number,
     check_str,
@@ -292,6 +293,9 @@ def _priors_stage(request: InterpretRequest, stage: Stages, settings: InterpretS
             name = futures[future]
             result = future.result()  # a failed stage raises here, without waiting for the others
             if name == "caption":
+                if not result["caption"].strip():  # sd and clip would refuse it: say where it came from
+                    raise ServerError("caption: the caption model returned an empty caption; send one in 'caption'",
+                                      code=502, kind="StageFailed")
                 caption = {"text": result["caption"], "edited": False}
                 emit("caption", caption)
             else:

@@ -365,3 +365,14 @@ def test_generation_body_carries_the_request_fields():
     body = generation_body(request, "a cat", ["depth"], {"depth": {"control_image": "D"}})
     assert body == {"prompt": ["a cat", "a cat"], "seed": 5, "control": [{"type": "depth", "image": "D", "scale": 1.5}],
                     "steps": 3, "width": 64, "height": 64, "scheduler": "euler", "negative_prompt": ""}
+
+
+def test_an_empty_generated_caption_is_a_502_naming_the_caption_stage(models):
+    # random weights can stop at once: the real caption answer with its text blanked
+    def caller(model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        answer = models(model, body, timeout)
+        return {**answer, "caption": " "} if model == "caption" else answer
+
+    with pytest.raises(ServerError) as failed:
+        interpret(caller, {"priors": ["canny"], "samples": 1})  # type: ignore[arg-type]
+    assert failed.value.code == 502 and str(failed.value).startswith("caption: ")
