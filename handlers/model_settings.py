@@ -150,3 +150,43 @@ class CaptionSettings(HandlerSettings):
         if self.num_beams > self.limits.max_num_beams:
             raise ValueError("num_beams (the default) is over limits.max_num_beams")
         return self
+
+
+# --- upscale ------------------------------------------------------------------------------------
+class UpscaleLimits(ImageLimits):          # max_image_side / max_image_pixels: the input, from its header
+    max_output_pixels: int = Field(ge=16)  # (4 x width) x (4 x height): what bounds the response's PNG
+    max_prompt_length: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    max_guidance_scale: float = Field(ge=0)
+    max_noise_level: int = Field(ge=0)     # never over the pipeline's own max_noise_level (checked at load)
+    min_tile: int = Field(ge=8)            # px of input, a request's `tile`
+    max_tile: int = Field(ge=8)
+
+
+class UpscaleSettings(HandlerSettings):
+    model_name: str = Field(min_length=1)  # the response's `model`
+    prompt: str                            # defaults for the fields a request leaves out
+    negative_prompt: str
+    steps: int = Field(ge=1)
+    guidance_scale: float = Field(ge=0)
+    noise_level: int = Field(ge=0)
+    tile: int = Field(ge=8)                # input px per tile side; an image that fits one tile is not split
+    tile_overlap: int = Field(ge=1)        # input px shared by neighbouring tiles, blended across
+    max_tiles_per_call: int = Field(ge=1)  # tiles of one pipeline call (memory: latents and decoded tiles)
+    exact_seeds: bool | Literal["auto"]
+    limits: UpscaleLimits
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> UpscaleSettings:
+        limits = self.limits
+        if not limits.min_tile <= self.tile <= limits.max_tile:
+            raise ValueError("tile (the default) must be within limits.min_tile .. limits.max_tile")
+        if self.tile_overlap * 2 > limits.min_tile:
+            raise ValueError("tile_overlap must be at most half of limits.min_tile")
+        if self.steps > limits.max_steps or self.guidance_scale > limits.max_guidance_scale:
+            raise ValueError("steps / guidance_scale (the defaults) are over their limits")
+        if self.noise_level > limits.max_noise_level:
+            raise ValueError("noise_level (the default) is over limits.max_noise_level")
+        if len(self.prompt) > limits.max_prompt_length or len(self.negative_prompt) > limits.max_prompt_length:
+            raise ValueError("prompt / negative_prompt (the defaults) are over limits.max_prompt_length")
+        return self
