@@ -80,13 +80,14 @@ def run(profile: str = "tiny", quick: bool = False, threads: int | None = None, 
     note = (f"{stated}; medians of {repeats} alternating blocks; {statistics.mean(lengths):.1f} new tokens per caption "
             f"on average (at most {max_new_tokens})")
     gains = [b / a for b, a in zip(batched, alone)]
+    title = f"caption {profile}:"
     figures = [
-        bl.figure("c1", f"caption {profile}: captions/s at batch 8", statistics.median(batched), "captions/s",
+        bl.figure(f"cap1-{profile}", f"{title} captions/s at batch 8", statistics.median(batched), "captions/s",
                   busy=busy, note=note, details={"samples": batched}),
-        bl.figure("c2", f"caption {profile}: captions/s at batch 1", statistics.median(alone), "captions/s",
+        bl.figure(f"cap2-{profile}", f"{title} captions/s at batch 1", statistics.median(alone), "captions/s",
                   busy=busy, note=note, details={"samples": alone}),
-        bl.figure("c3", f"caption {profile}: batching gain (batch 8 / batch 1, per block)", statistics.median(gains),
-                  "x", busy=busy, note=note, details={"samples": gains}),
+        bl.figure(f"cap3-{profile}", f"{title} batching gain (batch 8 / batch 1, per block)",
+                  statistics.median(gains), "x", busy=busy, note=note, details={"samples": gains}),
     ]
     bl.RESULTS.mkdir(parents=True, exist_ok=True)
     (bl.RESULTS / f"caption_{profile}.json").write_text(json.dumps(

@@ -1,7 +1,7 @@
 """Run the CPU benchmarks and report each figure with its goal: ``make bench``.
 
     python benchmarks/run.py                  # everything (CPU set: ~10-15 min on 2 cores)
-    python benchmarks/run.py --only tiny      # sections: efficiency, tiny, arch, gpu, deployments
+    python benchmarks/run.py --only tiny      # sections: efficiency, tiny, arch, gpu, deployments, caption
     python benchmarks/run.py --only deployments   # the same models on TorchServe, Ray Serve, BentoML, PyTriton, Flask
     python benchmarks/run.py --quick          # fewer repetitions
     python benchmarks/run.py --smoke          # the harness on tiny weights only (~2 min; figures meaningless)
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 from benchlib import Figure, log  # noqa: E402
 
-SECTIONS = ("efficiency", "tiny", "arch", "gpu", "deployments")
+SECTIONS = ("efficiency", "tiny", "arch", "gpu", "deployments", "caption")
 
 
 def section_efficiency(args) -> list[Figure]:
@@ -66,6 +66,15 @@ def section_deployments(args) -> list[Figure]:
     import bench as deployments_bench
 
     return deployments_bench.run(quick=args.quick, tiny_threads=args.tiny_threads, arch=not args.smoke)
+
+
+def section_caption(args) -> list[Figure]:
+    import caption_bench
+
+    figures = caption_bench.run("tiny", quick=args.quick, threads=args.tiny_threads or None)
+    if not args.smoke:  # arch at cheap settings (10 new tokens, 1 beam): ViT-L/16 at 384 per image
+        figures += caption_bench.run("arch", quick=True)
+    return figures
 
 
 def section_gpu(args) -> list[Figure]:
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "arch": lambda: [] if args.smoke else section_deployment("arch", args),
         "gpu": lambda: section_gpu(args),
         "deployments": lambda: section_deployments(args),
+        "caption": lambda: section_caption(args),
     }
     figures: list[Figure] = []
     failures: dict[str, str] = {}
