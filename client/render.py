@@ -87,7 +87,7 @@ def contact_sheet(result: dict[str, Any], source: Image.Image, tile: int = 192, 
     caption = result["caption"]
     caption_text = f"caption{' (edited)' if caption.get('edited') else ''}: {caption['text']}"
     caption_lines = _wrap(caption_text, font, columns * tile - 8)
-    label = 2 * line
+    label = 3 * line
     height = (tile + line) + len(caption_lines) * line + 6 + sample_rows * (tile + label)
     sheet = Image.new("RGB", (columns * tile, height), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
@@ -104,10 +104,10 @@ def contact_sheet(result: dict[str, Any], source: Image.Image, tile: int = 192, 
         sheet.paste(_thumbnail(b64_image(sample["image"]), tile), (x, row_y))
         scores = sample["scores"]
         colour = (120, 230, 120) if sample["rank"] == 0 else (235, 235, 235)
-        draw.text((x + 4, row_y + tile + 2), f"#{sample['rank']} {'+'.join(sample['priors'])} seed {sample['seed']}",
-                  fill=colour, font=font)
-        draw.text((x + 4, row_y + tile + 2 + line), f"caption {scores['caption']:.3f}  source {scores['source']:.3f}",
-                  fill=colour, font=font)
+        lines = (f"#{sample['rank']} {'+'.join(sample['priors'])} seed {sample['seed']}",
+                 f"caption {scores['caption']:.3f}", f"source {scores['source']:.3f}")
+        for n, text in enumerate(lines):
+            draw.text((x + 4, row_y + tile + 2 + n * line), text, fill=colour, font=font)
     return sheet
 
 
