@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         except ExportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        if not manifest["rows"]:
+            print("note: no sample has been chosen yet: the dataset is empty", file=sys.stderr)
         print(json.dumps({key: manifest[key] for key in ("export_id", "rows")} | {"out": str(args.out)}))
         return 0
     import uvicorn

@@ -37,6 +37,19 @@ def make_studio(tmp_path: Path) -> Iterator[Any]:
         studio.stop()
 
 
+@pytest.fixture(scope="module")
+def recorded(server: Any, tmp_path_factory: Any, picture: bytes) -> Iterator[tuple[StudioProcess, dict[str, Any]]]:
+    """A studio that has one finished run (depth, 2 samples, started by ada), shared by a module's tests."""
+    studio = StudioProcess(tmp_path_factory.mktemp("recorded"), server.url("inference"), server.url("management"),
+                           server.key_file).start()
+    try:
+        run = studio.run_interpret(picture, started_by="ada", priors=["depth"], samples=2)
+        assert run["status"] == "done", run
+        yield studio, run
+    finally:
+        studio.stop()
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():

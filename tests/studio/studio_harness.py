@@ -97,7 +97,7 @@ class StudioProcess:
         for prior in priors:
             self.api("GET", f"/api/drafts/{draft['draft_id']}/priors/{prior}")
         body = {"draft_id": draft["draft_id"], "started_by": started_by, "priors": priors, "mode": "each",
-                "samples": 1, "seed": 3, "steps": 2, "caption": caption, **form}
+                "samples": 1, "seed": 3, "steps": 1, "caption": caption, **form}
         run_id = self.api("POST", "/api/runs", json=body)["run_id"]
         return self.wait_for_run(run_id)
 
