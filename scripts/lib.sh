@@ -7,6 +7,8 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 TS_CONFIG="${TS_CONFIG:-$REPO/config.properties}"
 TS_KEY_FILE="${TS_KEY_FILE:-$REPO/key_file.json}"
 MODEL_STORE="${MODEL_STORE:-$REPO/model_store}"
+# what people make: the studio's runs and choices, MLflow's fine-tuning runs and registry (gitignored)
+DATA_DIR="${DATA_DIR:-$REPO/data}"
 # TorchServe keeps its pid file in $TMPDIR: a private one lets several servers coexist on one host.
 export TMPDIR="${TS_RUN_DIR:-$REPO/.run}"
 

@@ -35,5 +35,14 @@ fi
 for name in "${SERVED[@]}"; do
   if [ -f "$MODEL_STORE/$name.mar" ]; then "$REPO/scripts/register.sh" "$name"; fi
 done
+# versions deployed with deploy_version.sh, and the chosen defaults (model_store/versions.json)
+while read -r model version mar; do
+  if [ "$version" = default ]; then
+    api management PUT "/models/$model/$mar/set-default" >/dev/null && say "$model: default version $mar"
+  elif ! api management GET "/models/$model/$version" >/dev/null 2>&1; then
+    say "registering $model version $version from $mar"
+    api management POST "/models?url=$mar&synchronous=true" >/dev/null || say "warning: could not register $mar"
+  fi
+done < <("$PY" -m training.deploy --store "$MODEL_STORE" list)
 if [ -f "$MODEL_STORE/pipeline.war" ]; then "$REPO/scripts/register.sh" --workflow pipeline; fi
 say "ready: inference $(inference_url), management $(management_url), metrics $(config_value metrics_address)"

@@ -16,13 +16,13 @@ from .payload import (
                       reject_unknown,
                       require,
 )
-from .runtime import handler_config, select_device, select_dtype, weights_dir
+from .runtime import handler_config, model_dir, select_device, select_dtype, weights_dir
 from .settings import HandlerSettings, ImageLimits, Settings, SettingsError, load_settings
 
 __all__ = [
     "BATCH_SIZE_HEADER", "Batch", "BatchHandler", "HandlerSettings", "ImageLimits", "InputError", "LimitError",
     "Result", "ServerError", "Settings", "SettingsError", "check_number", "check_str", "crop", "decode_image",
     "decode_png", "encode_png", "error_body", "get_bool", "get_boxes", "get_float", "get_int", "get_points",
-    "get_str", "get_str_list", "handler_config", "load_settings", "read_payload", "reject_unknown", "require",
+    "get_str", "get_str_list", "handler_config", "load_settings", "model_dir", "read_payload", "reject_unknown", "require",
     "select_device", "select_dtype", "weights_dir",
 ]

@@ -1,0 +1,1 @@
+"""Fine-tuning: LoRA adapters for `sd` trained on an imagefolder dataset, tracked in MLflow."""
