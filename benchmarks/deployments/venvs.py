@@ -26,9 +26,10 @@ REPO = HERE.parent.parent
 VENVS = HERE / ".venvs"
 PEERS_WITH_VENV = ("ray", "bentoml", "pytriton")
 TORCH_PIN = "torch==2.13.0"
-# archivers, grpcio(-tools): TorchServe tooling and the client's stubs;
+# archivers, grpcio(-tools): TorchServe tooling and the client's stubs; mlflow: fine-tuning runs only;
 # pytest, flask, ruff, mypy, types-*: tests, lint, the Flask peer
 PROJECT_EXCLUDE = {
+    "mlflow",
     "torch",
     "torch-model-archiver",
     "torch-workflow-archiver",
