@@ -91,6 +91,7 @@ class SdLimits(ImageLimits):               # max_image_side / max_image_pixels: 
     max_guidance_scale: float = Field(ge=0)
     max_controls: int = Field(ge=1)        # entries of `control`
     max_control_scale: float = Field(ge=0)
+    max_frames: int = Field(ge=2)          # images of one `interpolate` request
 
 
 class SdControlSettings(Settings):

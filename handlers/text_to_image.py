@@ -25,6 +25,16 @@ ControlNet also run each image's guidance pair as their own forward (the Control
 split per image on their way into the UNet), so every kernel sees exactly the shapes it sees for an
 unbatched request and a seed gives the bit-identical image alone or batched.
 
+Interpolation: ``"interpolate": {"seeds": [a, b], "prompts"?: [p, q], "frames": n}`` (instead of
+``seed`` and ``prompt``) gives ``n`` images walking from seed a with prompt p to seed b with prompt q
+(both the empty prompt when ``prompts`` is left out): frame i at t = i / (n - 1) starts from the
+spherical interpolation (slerp) of the two seeds' initial latents, drawn exactly as the pipeline
+draws them, and is guided by the linear interpolation of the two prompts' embeddings; ``control``
+images, ``negative_prompt`` and every other field are the same for every frame. The end frames are
+the two plain generations (t = 0 and 1 take the endpoints' latents and embeddings as they are); a
+scheduler that draws noise during the steps (euler_a) draws it from the nearer endpoint's seed. The
+frames are one request's images, so they run in one pipeline call; ``seeds`` answers ``[a, b]``.
+
 Streaming: with ``"stream": true`` the request runs in a pipeline call of its own and sends
 ``{"request_id", "step", "steps"}`` after every denoising step (``steps`` counts the UNet passes
 the scheduler makes: PNDM makes ``steps + 1``), then the final result.
@@ -80,7 +90,9 @@ from handlers.model_settings import ControlType, SdSettings
 logger = logging.getLogger(__name__)
 
 FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler", "stream",
-          "control")
+          "control", "interpolate")
+INTERPOLATE_FIELDS = ("seeds", "prompts", "frames")
+MIN_FRAMES = 2  # an interpolation has its two ends
 CONTROL_FIELDS = ("type", "image", "scale", "start", "end")
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)  # the types the contract knows, loaded or not
 SEED_SPACE = 2**32  # seeds are 0 .. 2**32 - 1; a prompt list's seeds wrap around
@@ -182,7 +194,8 @@ class TextToImage(BatchHandler):
     # --- request parsing -------------------------------------------------------------------------
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
         reject_unknown(payload, FIELDS)
-        prompts = self._prompts(payload)
+        interpolation = self._interpolation(payload)
+        prompts = interpolation["frame_prompts"] if interpolation else self._prompts(payload)
         negatives = self._negatives(payload, len(prompts))
         controls = self._controls(payload)
         width, height = self._size(payload, self._control_size(controls[0]["image"].size) if controls else None)
@@ -191,10 +204,11 @@ class TextToImage(BatchHandler):
         seed = get_int(payload, "seed", minimum=0, maximum=SEED_SPACE - 1)
         if seed is None:
             seed = secrets.randbelow(SEED_SPACE)
+        seeds = interpolation["seeds"] if interpolation else [(seed + i) % SEED_SPACE for i in range(len(prompts))]
         scheduler = self._scheduler(payload)
         stream = get_bool(payload, "stream", default=False)
         return {"prompts": prompts, "negatives": negatives,
-                "seeds": [(seed + i) % SEED_SPACE for i in range(len(prompts))],
+                "seeds": seeds, "interpolation": interpolation,
                 "width": width, "height": height, "steps": steps, "guidance_scale": guidance,
                 "scheduler": scheduler, "stream": stream,
                 # the yaml's type order, so requests listing the same types in any order share a call
@@ -239,6 +253,49 @@ class TextToImage(BatchHandler):
         for i, entry in enumerate(value):
             controls.append(self._control(entry, f"control[{i}]", [c["type"] for c in controls]))
         return controls
+
+    # --- interpolation (parsing) -----------------------------------------------------------------
+    def _interpolation(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """``interpolate``: its endpoints' seeds and prompts, the frames' t and placeholder prompts
+        (one per frame, so a frame counts as an image everywhere an image is counted); None without it."""
+        value = payload.get("interpolate")
+        if value is None:
+            return None
+        for beside in ("seed", "prompt"):
+            if payload.get(beside) is not None:
+                raise InputError(beside, f"cannot be given beside interpolate: interpolate.{beside}s names both "
+                                         "endpoints")
+        if not isinstance(value, dict):
+            raise InputError("interpolate", f"must be an object {{seeds, prompts?, frames}}, got {json_type(value)}")
+        for key in value:
+            if key not in INTERPOLATE_FIELDS:
+                raise InputError(f"interpolate.{key}",
+                                 f"unknown field; interpolate has {', '.join(INTERPOLATE_FIELDS)}")
+        seeds = self._endpoints(value, "seeds", required=True)
+        seeds = [int(check_number(seed, f"interpolate.seeds[{i}]", integer=True, minimum=0, maximum=SEED_SPACE - 1))
+                 for i, seed in enumerate(seeds)]
+        max_len = self.settings.limits.max_prompt_length
+        prompts = [check_str(prompt, f"interpolate.prompts[{i}]", max_len=max_len, allow_empty=True)
+                   for i, prompt in enumerate(self._endpoints(value, "prompts", required=False) or ["", ""])]
+        if value.get("frames") is None:
+            raise InputError("interpolate.frames", "is required")
+        frames = int(check_number(value["frames"], "interpolate.frames", integer=True, minimum=MIN_FRAMES,
+                                  maximum=self.settings.limits.max_frames))
+        return {"seeds": seeds, "prompts": prompts, "t": [i / (frames - 1) for i in range(frames)],
+                "frame_prompts": [prompts[0]] * frames}
+
+    @staticmethod
+    def _endpoints(value: dict[str, Any], key: str, required: bool) -> list[Any] | None:
+        field = f"interpolate.{key}"
+        pair = value.get(key)
+        if pair is None:
+            if required:
+                raise InputError(field, "is required")
+            return None
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise InputError(field, f"must be a list of two (the start and the end), got {json_type(pair)}"
+                                    + (f" of {len(pair)}" if isinstance(pair, list) else ""))
+        return pair
 
     def _control(self, entry: Any, field: str, earlier_types: list[str]) -> dict[str, Any]:
         if not isinstance(entry, dict):
@@ -365,11 +422,9 @@ class TextToImage(BatchHandler):
         first = group[0]
         prompts = [p for request in group for p in request["prompts"]]
         negatives = [n for request in group for n in request["negatives"]]
-        seeds = [s for request in group for s in request["seeds"]]
         guided = first["guidance_scale"] > 1.0  # diffusers' classifier-free-guidance condition
-        prompt_embeds = self.encode(prompts)
+        prompt_embeds, generators, latents = self.group_inputs(group)
         negative_embeds = self.encode(negatives) if guided else None
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         control_types = [control["type"] for control in first["controls"]]
         pipe = self.pipeline(first["scheduler"], control_types)
         controlnets = [self.controlnets[control_type] for control_type in control_types]
@@ -387,8 +442,8 @@ class TextToImage(BatchHandler):
         with self._unet_per_image(len(prompts)), self._controlnets_per_image(len(prompts), controlnets):
             images = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                           width=first["width"], height=first["height"], num_inference_steps=first["steps"],
-                          guidance_scale=first["guidance_scale"], generator=generators, output_type="pil",
-                          callback_on_step_end=on_step_end, **control_arguments(group)).images
+                          guidance_scale=first["guidance_scale"], generator=generators, latents=latents,
+                          output_type="pil", callback_on_step_end=on_step_end, **control_arguments(group)).images
         self.pipeline_calls += 1
         if step_times:
             self.add_metric("DenoisingStepsPerSecond", len(step_times) / max(step_times[-1] - started, 1e-9),
@@ -411,6 +466,55 @@ class TextToImage(BatchHandler):
             if text not in found:
                 found[text] = self.pipe.encode_prompt(text, self.device, 1, False)[0]
         return torch.cat([found[text] for text in texts])
+
+    # --- interpolation (inputs) ------------------------------------------------------------------
+    def group_inputs(self, group: list[dict[str, Any]]) -> tuple[torch.Tensor, list[torch.Generator],
+                                                                    torch.Tensor | None]:
+        """Per image of a group: prompt embeddings, a CPU generator and, when any request interpolates,
+        initial latents (None otherwise: the pipeline draws them). A plain image's latents are then
+        drawn from its generator exactly as diffusers' ``prepare_latents`` draws them, so the
+        generator leaves in the state the pipeline expects and the image is the plain generation."""
+        plain = not any(request["interpolation"] for request in group)
+        if plain:
+            prompts = [p for request in group for p in request["prompts"]]
+            seeds = [s for request in group for s in request["seeds"]]
+            return self.encode(prompts), [torch.Generator("cpu").manual_seed(seed) for seed in seeds], None
+        first = group[0]
+        shape = (1, self.pipe.unet.config.in_channels, first["height"] // self.pipe.vae_scale_factor,
+                 first["width"] // self.pipe.vae_scale_factor)
+        embeds, generators, latents = [], [], []
+        for request in group:
+            if request["interpolation"]:
+                request_embeds, request_generators, request_latents = self.interpolation_inputs(request, shape)
+            else:
+                request_embeds = self.encode(request["prompts"])
+                request_generators = [torch.Generator("cpu").manual_seed(seed) for seed in request["seeds"]]
+                request_latents = [self.draw_latents(generator, shape) for generator in request_generators]
+            embeds.append(request_embeds)
+            generators += request_generators
+            latents += request_latents
+        return torch.cat(embeds), generators, torch.cat(latents).to(self.device)
+
+    def draw_latents(self, generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+        """One image's initial noise as diffusers' ``randn_tensor`` draws it for a list of generators."""
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=self.dtype)
+
+    def interpolation_inputs(self, request: dict[str, Any], shape: tuple[int, ...]) -> tuple[
+            torch.Tensor, list[torch.Generator], list[torch.Tensor]]:
+        """An interpolating request's frames: embeddings lerped, initial latents slerped, and each frame's
+        generator its nearer endpoint's, advanced past the latents draw as the plain generation's is."""
+        interpolation = request["interpolation"]
+        start, end = (self.encode([prompt]) for prompt in interpolation["prompts"])
+        noises = [self.draw_latents(torch.Generator("cpu").manual_seed(seed), shape) for seed in interpolation["seeds"]]
+        embeds, generators, latents = [], [], []
+        for t in interpolation["t"]:
+            # the ends exactly as they are: the end frames are then the plain generations, bit for bit
+            embeds.append(start if t == 0 else end if t == 1 else torch.lerp(start, end, t))
+            latents.append(noises[0] if t == 0 else noises[1] if t == 1 else slerp(noises[0], noises[1], t))
+            generator = torch.Generator("cpu").manual_seed(interpolation["seeds"][0 if t < 0.5 else 1])
+            self.draw_latents(generator, shape)
+            generators.append(generator)
+        return torch.cat(embeds), generators, latents
 
     def pipeline(self, scheduler: str, control_types: list[str] = ()) -> StableDiffusionPipeline:
         """A pipeline object for one call: the shared models, a scheduler of its own, and the ControlNets
@@ -465,6 +569,20 @@ class TextToImage(BatchHandler):
         finally:
             for net, forward in zip(controlnets, originals):
                 net.forward = forward
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation of two noise tensors (flattened as vectors), in float32: the path keeps
+    the norm a Gaussian sample has, where a straight line would shrink it in the middle. Nearly
+    parallel tensors (angle under 1e-4 rad) are interpolated linearly."""
+    a, b = start.float().flatten(), end.float().flatten()
+    cosine = torch.clamp(torch.dot(a, b) / (a.norm() * b.norm()), -1.0, 1.0)
+    angle = torch.arccos(cosine)
+    if angle.abs() < 1e-4:
+        mixed = torch.lerp(a, b, t)
+    else:
+        mixed = (torch.sin((1 - t) * angle) * a + torch.sin(t * angle) * b) / torch.sin(angle)
+    return mixed.reshape(start.shape).to(start.dtype)
 
 
 def control_arguments(group: list[dict[str, Any]]) -> dict[str, Any]:
