@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--height", type=int)
     generate.add_argument("--negative-prompt")
     generate.add_argument("--stream", action="store_true", help="show denoising progress")
+    generate.add_argument("--model-version", help="one of sd's versions (a fine-tune: scripts/deploy_version.sh); "
+                                                  "default: the default version")
     generate.add_argument("--control", action="append", default=[], metavar="TYPE=FILE",
                           help="a ControlNet control image (depth, pose or canny), e.g. depth=depth_control.png; "
                                "repeat for several")
@@ -110,6 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     interpret.add_argument("--stream", action="store_true", help="show each stage as it finishes")
     interpret.add_argument("--name", default="interpret", help="file name prefix in --out")
 
+    upscale = commands.add_parser("upscale", help="image -> the same image 4x larger (the x4 upscaler)")
+    _image_arg(upscale)
+    upscale.add_argument("--prompt", help="what the image shows (the upscaler is text-guided)")
+    upscale.add_argument("--steps", type=int)
+    upscale.add_argument("--noise-level", type=int, help="noise added to the input first (0-350)")
+    upscale.add_argument("--seed", type=int)
+
+    interpolate = commands.add_parser("interpolate", help="two seeds (and prompts) -> the frames between, and a GIF")
+    interpolate.add_argument("--seeds", type=int, nargs=2, required=True, metavar=("START", "END"))
+    interpolate.add_argument("--prompts", nargs=2, metavar=("START", "END"))
+    interpolate.add_argument("--frames", type=int, required=True)
+    interpolate.add_argument("--steps", type=int)
+    interpolate.add_argument("--width", type=int)
+    interpolate.add_argument("--height", type=int)
+    interpolate.add_argument("--frame-ms", type=int, default=120, help="GIF frame duration")
+    interpolate.add_argument("--name", default="interpolation", help="file name prefix in --out")
+
     commands.add_parser("models", help="list registered models")
     scale = commands.add_parser("scale", help="set a model's workers")
     scale.add_argument("model")
@@ -160,12 +179,12 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
             print("error: --control-scale needs a --control of the same type", file=sys.stderr)
             return 2
         if args.stream:
-            result = _follow(client.generate_stream(args.prompt, **options), "step",
+            result = _follow(client.generate_stream(args.prompt, version=args.model_version, **options), "step",
                              lambda e: f"denoising step {e['step']}/{e['steps']}")
             if result is None:
                 return 1
         else:
-            result = client.generate(args.prompt, **options)
+            result = client.generate(args.prompt, version=args.model_version, **options)
         out.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(result["images"]):
             path = out / f"generated_{result['seeds'][i]}.png"
@@ -246,6 +265,25 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
               f"caption {best['scores']['caption']:.3f}, source {best['scores']['source']:.3f}")
         for path in save_interpret(result, Image.open(args.image), out, args.name):
             print(path)
+    elif args.command == "upscale":
+        options = {k: v for k, v in {"prompt": args.prompt, "steps": args.steps, "noise_level": args.noise_level,
+                                     "seed": args.seed}.items() if v is not None}
+        result = client.upscale(args.image, **options)
+        path = _mkdir(out) / f"{args.image.stem}_x4.png"
+        b64_image(result["image"]).save(path)
+        print(path)
+    elif args.command == "interpolate":
+        options = {k: v for k, v in {"steps": args.steps, "width": args.width, "height": args.height}.items()
+                   if v is not None}
+        result = client.interpolate(args.seeds, args.frames, args.prompts, **options)
+        frames = [b64_image(image).convert("RGB") for image in result["images"]]
+        _mkdir(out)
+        for i, frame in enumerate(frames):
+            frame.save(out / f"{args.name}_{i:02d}.png")
+        gif = out / f"{args.name}.gif"
+        frames[0].save(gif, save_all=True, append_images=frames[1:], duration=args.frame_ms, loop=0)
+        print(f"{len(frames)} frames in {out}/{args.name}_NN.png")
+        print(gif)
     elif args.command == "models":
         for model in client.models():
             print(f"{model['modelName']}\t{model['modelUrl']}")

@@ -169,7 +169,8 @@ class GrpcClient(BaseClient):
 
 def _predictions_request(model: str, body: dict[str, Any] | None, raw: bytes | None) -> Any:
     data = raw if raw is not None else json.dumps(body if body is not None else {}).encode("utf-8")
-    return inference_pb2.PredictionsRequest(model_name=model, input={"body": data})
+    name, _, version = model.partition("/")  # "name/version" addresses one version (client.rest.versioned)
+    return inference_pb2.PredictionsRequest(model_name=name, model_version=version, input={"body": data})
 
 
 def _check(reply: Any, where: str) -> bytes:

@@ -50,6 +50,11 @@ def encode_image(image: ImageInput) -> str:
     return image
 
 
+def versioned(model: str, version: str | None) -> str:
+    """How the client addresses one version of a model: ``name/version`` (``name`` alone: the default)."""
+    return f"{model}/{version}" if version else model
+
+
 class BaseClient:
     """The endpoints, written once. A transport implements :meth:`predict`, :meth:`stream`,
     :meth:`ping`, :meth:`models`, :meth:`describe`, :meth:`scale` and, where it has one,
@@ -60,7 +65,8 @@ class BaseClient:
     # --- what a transport implements ------------------------------------------------------------
     def predict(self, model: str, body: dict[str, Any] | None = None, raw: bytes | None = None,
                 timeout: float | None = None) -> dict[str, Any]:
-        """One prediction: a JSON ``body`` or a ``raw`` body (an image's bytes)."""
+        """One prediction: a JSON ``body`` or a ``raw`` body (an image's bytes). ``model`` is a name
+        (its default version) or ``name/version`` (one version, e.g. a fine-tune: :func:`versioned`)."""
         raise NotImplementedError
 
     def stream(self, model: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -84,14 +90,15 @@ class BaseClient:
         raise NotImplementedError
 
     # --- one method per endpoint ---------------------------------------------------------------
-    def generate(self, prompt: str | list[str], **options: Any) -> dict[str, Any]:
+    def generate(self, prompt: str | list[str], version: str | None = None, **options: Any) -> dict[str, Any]:
         """``options``: sd's fields; ``control`` entries may carry any :data:`ImageInput` as ``image``
-        (see :func:`control_entries`)."""
-        return self.predict("sd", _generate_body(prompt, options))
+        (see :func:`control_entries`). ``version``: one of sd's versions (scripts/deploy_version.sh)."""
+        return self.predict(versioned("sd", version), _generate_body(prompt, options))
 
-    def generate_stream(self, prompt: str | list[str], **options: Any) -> Iterator[dict[str, Any]]:
+    def generate_stream(self, prompt: str | list[str], version: str | None = None,
+                        **options: Any) -> Iterator[dict[str, Any]]:
         """``{"step", "steps"}`` after each denoising step, then the result :meth:`generate` gives."""
-        return self.stream("sd", _generate_body(prompt, options))
+        return self.stream(versioned("sd", version), _generate_body(prompt, options))
 
     def concepts(self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None) -> dict[str, Any]:
         return self.predict("clip", _drop_none({"image": encode_image(image), "texts": texts, "roi": roi}))
@@ -110,6 +117,21 @@ class BaseClient:
         """``{"caption", "model"}``; with ``prompt`` the caption continues it (and starts with it)."""
         return self.predict("caption", _drop_none({"image": encode_image(image), "prompt": prompt,
                                                    "max_new_tokens": max_new_tokens, "num_beams": num_beams}))
+
+    def upscale(self, image: ImageInput, prompt: str | None = None, **options: Any) -> dict[str, Any]:
+        """``{"image", "seed", "model"}``: ``image`` 4x larger; ``options``: steps, guidance_scale,
+        noise_level, seed, tile."""
+        return self.predict("upscale", _drop_none({"image": encode_image(image), "prompt": prompt, **options}))
+
+    def interpolate(self, seeds: tuple[int, int] | list[int], frames: int,
+                    prompts: tuple[str, str] | list[str] | None = None, **options: Any) -> dict[str, Any]:
+        """sd's ``interpolate``: ``images`` holds ``frames`` frames from ``seeds[0]`` (``prompts[0]``) to
+        ``seeds[1]`` (``prompts[1]``); ``options``: sd's other fields (control, steps, width, ...)."""
+        interpolate = _drop_none({"seeds": list(seeds), "prompts": list(prompts) if prompts else None,
+                                  "frames": frames})
+        body = _generate_body("", options)
+        del body["prompt"]  # the prompts are interpolate's
+        return self.predict("sd", {**body, "interpolate": interpolate})
 
     def pipeline(self, prompt: str | None = None, image: ImageInput | None = None, workflow: bool = False,
                  **options: Any) -> dict[str, Any]:

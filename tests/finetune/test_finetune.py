@@ -146,6 +146,18 @@ def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, 
         adapted = generate(server, f"/predictions/sd/{version}")
         assert adapted != base_before  # the adapter changes the image for the same seed and prompt
         assert generate(server, "/predictions/sd") == base_before  # the default is untouched
+        # the client and the CLI reach a version over REST and gRPC
+        from client import Client, GrpcClient
+
+        rest = Client(server.url("inference"), server.url("management"), key_file=server.key_file)
+        grpc = GrpcClient(inference_port=server.ports["grpc_inference"], management_port=server.ports["grpc_management"],
+                          key_file=server.key_file, management_url=server.url("management"))
+        try:
+            for api in (rest, grpc):
+                answer = api.generate("a bright square", version=version, seed=5, steps=4)
+                assert answer["images"][0] == adapted and answer["model"] == f"sd@{version}"
+        finally:
+            grpc.close()
 
         promoted = script("set_default.sh", "sd", version, server=server)
         assert promoted.returncode == 0, promoted.stderr
@@ -160,3 +172,50 @@ def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, 
         removed = script("unregister.sh", "sd", version, server=server)
     assert removed.returncode == 0, removed.stderr
     assert version not in {entry["modelVersion"] for entry in server.get("management", "/models/sd/all").json()}
+
+
+def test_deployed_versions_and_the_default_survive_stop_and_serve(trained, tmp_path):
+    """scripts/serve.sh on a store holding sd and a deployed fine-tune, then stop.sh + serve.sh: the
+    version and the chosen default come back (model_store/versions.json), with no other step."""
+    from server import free_ports, render_config
+
+    store = tmp_path / "model_store"
+    archived = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store), "sd"],
+                              capture_output=True, text=True)
+    assert archived.returncode == 0, archived.stderr
+    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+    ports = dict(zip(names, free_ports(len(names))))
+    config = tmp_path / "config.properties"
+    config.write_text(render_config(store, ports))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "TS_CONFIG": str(config), "TS_KEY_FILE": str(run_dir / "key_file.json"),
+           "MODEL_STORE": str(store), "TS_RUN_DIR": str(run_dir), "DATA_DIR": str(trained["data_dir"])}
+
+    def run(name: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(REPO / "scripts" / name), *args], capture_output=True, text=True, env=env,
+                              timeout=900, cwd=REPO)
+
+    def versions() -> tuple[set[str], str]:
+        import requests
+
+        token = json.loads((run_dir / "key_file.json").read_text())["management"]["key"]
+        base = f"http://127.0.0.1:{ports['management']}/models/sd"
+        headers = {"Authorization": f"Bearer {token}"}
+        every = requests.get(f"{base}/all", headers=headers, timeout=30).json()
+        default = requests.get(base, headers=headers, timeout=30).json()[0]  # no version: the default's
+        return {entry["modelVersion"] for entry in every}, default["modelVersion"]
+
+    try:
+        assert run("serve.sh").returncode == 0
+        deployed = run("deploy_version.sh", "squares", trained["summary"]["version"])
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+        version = deployed.stdout.strip().splitlines()[-1]
+        assert run("set_default.sh", "sd", version).returncode == 0
+        assert versions() == ({"1.0", version}, version)
+        assert run("stop.sh").returncode == 0
+        restarted = run("serve.sh")
+        assert restarted.returncode == 0, restarted.stderr[-2000:]
+        assert versions() == ({"1.0", version}, version)
+    finally:
+        run("stop.sh")
