@@ -122,6 +122,7 @@ class SdSettings(HandlerSettings):
     exact_seeds: bool | Literal["auto"]
     compile_unet: bool | dict[str, Any]    # torch.compile options, or true for the defaults
     warmup: bool                           # one generation at load (always, when compile_unet is on)
+    adapter: str | None                    # a LoRA adapter directory inside the archive (deploy_version.sh)
     control: SdControlSettings
     limits: SdLimits
 

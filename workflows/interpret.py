@@ -18,9 +18,12 @@ The stages of one request:
 3. **score**: one ``clip`` request (its ``images`` form) with every sample, the caption as the only
    text and the source as the reference image: ``scores.caption`` is the image–text cosine,
    ``scores.source`` the image–image cosine. ``rank`` 0 is the best by the yaml's ``rank_by``.
+4. **upscale** (only with ``"upscale": true``): one ``upscale`` request on the best sample, with the
+   caption as its prompt and the sample's seed; its image is ``samples[best].upscaled``.
 """
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import Field, model_validator
 
+from client.rest import versioned
 from handlers.common import (
     HandlerSettings,
     ImageLimits,
@@ -51,12 +55,12 @@ from handlers.common import (
 )
 from handlers.common.payload import json_type
 
-from .stages import ModelCaller, Stages
+from .stages import ModelCaller, ModelTimeouts, Stages
 
 PRIORS = ("depth", "pose", "canny")
 MODES = ("each", "combined")
 GENERATION_FIELDS = ("negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler")
-FIELDS = ("image", "caption", "priors", "mode", "samples", "scales", "prior_images", "seed", "stream",
+FIELDS = ("image", "caption", "priors", "mode", "samples", "scales", "prior_images", "seed", "stream", "sd_version", "upscale",
           *GENERATION_FIELDS)
 SEED_SPACE = 2**32  # sd's seeds (handlers/text_to_image.py): 0 .. 2**32 - 1, a prompt list's seeds wrap
 
@@ -65,17 +69,13 @@ PriorType = Literal["depth", "pose", "canny"]
 
 # --- settings: the handler section of models/interpret/model-config.yaml -----------------------------
 
-class InterpretTimeouts(Settings):
-    """Seconds each model call may take; a stage over its limit answers 504 naming the stage."""
-
+class InterpretTimeouts(ModelTimeouts):
     caption: float = Field(gt=0)
     depth: float = Field(gt=0)
     pose: float = Field(gt=0)
     sd: float = Field(gt=0)
     clip: float = Field(gt=0)
-
-    def of(self, model: str) -> float:
-        return float(getattr(self, model))
+    upscale: float = Field(gt=0)
 
 
 class InterpretLimits(ImageLimits):
@@ -141,6 +141,8 @@ class InterpretRequest:
     prior_images: dict[str, str] = field(default_factory=dict)   # supplied control images (base64)
     generation: dict[str, Any] = field(default_factory=dict)     # sd's generation fields, checked here
     stream: bool = False
+    upscale: bool = False                                        # the best sample upscaled x4 as well
+    sd_version: str | None = None                                # one of sd's versions (a fine-tune); None: default
 
 
 def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> InterpretRequest:
@@ -163,7 +165,16 @@ def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> Inter
         # without a seed the interpreter draws one, so that in `each` mode every prior gets the same noise
         seed=secrets.randbelow(SEED_SPACE) if seed is None else seed,
         scales=_scales(payload, priors, limits), prior_images=_prior_images(payload, priors, limits),
-        generation=_generation(payload, settings), stream=get_bool(payload, "stream"))
+        generation=_generation(payload, settings), stream=get_bool(payload, "stream"),
+        upscale=get_bool(payload, "upscale"), sd_version=_sd_version(payload))
+
+
+def _sd_version(payload: dict[str, Any]) -> str | None:
+    """A TorchServe version of sd (scripts/deploy_version.sh prints it), so a person sees base and adapter."""
+    version = get_str(payload, "sd_version", max_len=64)
+    if version is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*", version):
+        raise InputError("sd_version", f"must be a version name (letters, digits, '.', '_', '-'), got {version!r}")
+    return version
 
 
 def _priors(payload: dict[str, Any], settings: InterpretSettings) -> list[str]:
@@ -259,6 +270,8 @@ def run_interpret(request: InterpretRequest, call: ModelCaller, settings: Interp
         caption, priors = _priors_stage(request, stage, settings, pool, emit, edges)
         samples = _generate_stage(request, caption["text"], priors, stage, pool)
         best = _score_stage(request, caption["text"], samples, stage, settings)
+        if request.upscale:
+            _upscale_stage(caption["text"], samples[best], stage)
     finally:
         # a failed stage answers at once: calls still in flight finish (bounded by their timeouts) unwaited
         pool.shutdown(wait=False, cancel_futures=True)
@@ -336,7 +349,8 @@ def _generate_stage(request: InterpretRequest, caption: str, priors: dict[str, d
                     pool: ThreadPoolExecutor) -> list[dict[str, Any]]:
     """Every sd request sent at once; the samples in request order (priors as asked, then seed)."""
     groups = generation_groups(request)
-    futures = [pool.submit(stage, "generate" if request.mode == "combined" else f"generate_{group[0]}", "sd",
+    sd = versioned("sd", request.sd_version)
+    futures = [pool.submit(stage, "generate" if request.mode == "combined" else f"generate_{group[0]}", sd,
                            generation_body(request, caption, group, priors)) for group in groups]
     done, _ = wait(futures, return_when=FIRST_EXCEPTION)
     for future in done:
@@ -345,7 +359,8 @@ def _generate_stage(request: InterpretRequest, caption: str, priors: dict[str, d
     for group, future in zip(groups, futures):
         answer = future.result()
         for image, seed in zip(answer["images"], answer["seeds"]):
-            samples.append({"image": image, "seed": seed, "priors": list(group)})
+            # `model` names the sd version that made the sample (the studio records it)
+            samples.append({"image": image, "seed": seed, "priors": list(group), "model": answer["model"]})
     return samples
 
 
@@ -361,6 +376,12 @@ def _score_stage(request: InterpretRequest, caption: str, samples: list[dict[str
     for rank, index in enumerate(rank_order(samples, settings.rank_by)):
         samples[index]["rank"] = rank
     return next(i for i, sample in enumerate(samples) if sample["rank"] == 0)
+
+
+def _upscale_stage(caption: str, sample: dict[str, Any], stage: Stages) -> None:
+    """The best sample x4: ``sample["upscaled"]``, guided by the caption, seeded by the sample's seed."""
+    answer = stage("upscale", "upscale", {"image": sample["image"], "prompt": caption, "seed": sample["seed"]})
+    sample["upscaled"] = answer["image"]
 
 
 def ranking_score(scores: dict[str, float], rule: str) -> float:

@@ -46,17 +46,21 @@ class PipelineRequest:
     stream: bool = False
 
 
-class StageTimeouts(Settings):
-    """Seconds each model call may take; a stage over its limit answers 504 naming the stage."""
+class ModelTimeouts(Settings):
+    """Seconds each model call may take, one field per model; a stage over its limit answers 504
+    naming the stage. Each light model declares the models it calls."""
 
+    def of(self, model: str) -> float:
+        """The limit for a call to ``model`` (``name`` or ``name/version``: every version has its name's)."""
+        return float(getattr(self, model.partition("/")[0]))
+
+
+class StageTimeouts(ModelTimeouts):
     sd: float = Field(gt=0)
     clip: float = Field(gt=0)
     sam: float = Field(gt=0)
     depth: float = Field(gt=0)
     pose: float = Field(gt=0)
-
-    def of(self, model: str) -> float:
-        return float(getattr(self, model))
 
 
 class PipelineLimits(ImageLimits):

@@ -158,6 +158,17 @@ def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, 
                 assert answer["images"][0] == adapted and answer["model"] == f"sd@{version}"
         finally:
             grpc.close()
+        # interpret targets the version too, so a person sees base and adapter side by side
+        from harness import png_b64, sample_image
+
+        body = {"image": png_b64(sample_image(64, 64)), "priors": ["canny"], "samples": 1, "seed": 5, "steps": 2}
+        for target, model in ((None, "sd"), (version, f"sd@{version}")):
+            answer = server.post("inference", "/predictions/interpret",
+                                 json={**body, **({"sd_version": target} if target else {})}, timeout=300)
+            assert answer.status_code == 200, answer.text
+            assert [sample["model"] for sample in answer.json()["samples"]] == [model]
+        refused = server.post("inference", "/predictions/interpret", json={**body, "sd_version": "no such/1"})
+        assert refused.status_code == 400 and refused.json()["message"].startswith("sd_version: ")
 
         promoted = script("set_default.sh", "sd", version, server=server)
         assert promoted.returncode == 0, promoted.stderr
