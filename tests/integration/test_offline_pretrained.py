@@ -74,6 +74,10 @@ def _check_interpret(body: dict[str, Any]) -> None:
     assert _image(body["samples"][0]["image"]).size == (64, 64)
 
 
+def _check_upscale(body: dict[str, Any]) -> None:
+    assert body["model"] == "upscale" and body["seed"] == 5 and _image(body["image"]).size == (256, 192)
+
+
 def _check_pipeline(body: dict[str, Any]) -> None:
     assert body["clip_analysis"]["concepts"] == ["a cat", "a dog"]
     assert len(body["basic_segmentation"]["masks"]) == 1
@@ -90,6 +94,7 @@ REQUESTS: dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], None]]] = {
     "caption": ({"image": IMAGE, "prompt": "a photograph of", "max_new_tokens": 5}, _check_caption),
     "interpret": ({"image": png_b64(sample_image(64, 64)), "priors": ["depth", "pose", "canny"], "mode": "combined",
                    "samples": 1, "steps": 2}, _check_interpret),
+    "upscale": ({"image": IMAGE, "prompt": "a cat", "steps": 2, "seed": 5}, _check_upscale),
     "pipeline": ({"image": IMAGE, "texts": ["a cat", "a dog"], "roi": [[4, 4, 40, 40]], "priors": ["depth", "pose"]},
                  _check_pipeline),
 }

@@ -45,7 +45,7 @@ SMALL_IMAGE = {"max_image_side": 128, "max_image_pixels": 8192}
 FUZZ_OVERRIDES: dict[str, dict[str, Any]] = {
     "sd": {"handler": {"width": 64, "height": 64, "steps": 2,  # SMALL_IMAGE: its control images
                        "limits": {"max_prompts": 2, "max_prompt_length": 200, "min_side": 64, "max_side": 96,
-                                  "max_pixels": 7680, "max_steps": 3, **SMALL_IMAGE}}},
+                                  "max_pixels": 7680, "max_steps": 3, "max_frames": 3, **SMALL_IMAGE}}},
     "clip": {"handler": {"limits": {**SMALL_IMAGE, "max_texts": 8, "max_text_length": 64, "max_rois": 8}}},
     "sam": {"handler": {"automatic": {"points_per_side": 4, "max_masks": 6},
                         "limits": {**SMALL_IMAGE, "max_boxes": 4, "max_points": 4, "max_masks": 6}}},
@@ -56,6 +56,9 @@ FUZZ_OVERRIDES: dict[str, dict[str, Any]] = {
                                        "max_num_beams": 2}}},
     "pipeline": {"handler": {"limits": {**SMALL_IMAGE, "max_prompt_length": 200, "max_texts": 8,
                                         "max_text_length": 64, "max_rois": 4}}},
+    # every legal input's 4x output within the output bound (16 x 8192 px), one tile, one or two steps
+    "upscale": {"handler": {"steps": 1, "limits": {**SMALL_IMAGE, "max_output_pixels": 131072, "max_steps": 2,
+                                                   "max_prompt_length": 64}}},
     # one sample per prior, sd's fuzz sizes and steps: a valid interpretation is a handful of tiny calls
     "interpret": {"handler": {"samples": 1,
                               "limits": {**SMALL_IMAGE, "max_caption_length": 64, "max_samples": 1, "min_side": 64,
@@ -170,7 +173,8 @@ def b64(raw: bytes) -> str:
 PIPELINE_STAGES = {"generate": "sd", "concepts": "clip", "segment": "sam", "describe_regions": "clip",
                    "depth": "depth", "pose": "pose"}
 INTERPRET_STAGES = {"caption": "caption", "depth": "depth", "pose": "pose", "generate": "sd",
-                    "generate_depth": "sd", "generate_pose": "sd", "generate_canny": "sd", "score": "clip"}
+                    "generate_depth": "sd", "generate_pose": "sd", "generate_canny": "sd", "score": "clip",
+                    "upscale": "upscale"}
 JSON_TYPES = ("boolean", "integer", "number", "string", "array", "object")
 WRONG_VALUES: dict[str, list[Any]] = {
     "boolean": [True, False], "integer": [7, -3], "number": [2.5, -0.75], "string": ["x", "12"],

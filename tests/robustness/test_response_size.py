@@ -61,7 +61,14 @@ def worst_cases() -> dict[str, int]:
 
     sd = limits("sd")
     # max_pixels at any aspect ratio the sides allow: width x height <= max_pixels
-    sd_bound = sd["max_prompts"] * (b64_size(png_bound(sd["max_side"], sd["max_pixels"] // sd["max_side"], 3)) + 32)
+    # a prompt list's images, or an interpolation's frames
+    sd_images = max(sd["max_prompts"], sd["max_frames"])
+    sd_bound = sd_images * (b64_size(png_bound(sd["max_side"], sd["max_pixels"] // sd["max_side"], 3)) + 32)
+
+    # one RGB PNG of at most max_output_pixels (4x each side of the input), at any aspect the sides allow
+    upscale = limits("upscale")
+    upscale_side = 4 * upscale["max_image_side"]
+    upscale_bound = b64_size(png_bound(upscale_side, upscale["max_output_pixels"] // upscale_side, 3))
 
     pipe = limits("pipeline")
     pipe_side, pipe_other = pipe["max_image_side"], pipe["max_image_pixels"] // pipe["max_image_side"]
@@ -73,7 +80,8 @@ def worst_cases() -> dict[str, int]:
     pipeline_bound = (max(b64_size(png_bound(pipe_side, pipe_other, 3)), sd_bound) + sam["max_masks"] * per_mask
                       + clip_scores(1 + sam["max_masks"]) + depth_bound + pose_bound)
     return {"sam": sam_bound, "depth": depth_bound + ENVELOPE, "pose": pose_bound + ENVELOPE,
-            "clip": clip_bound + ENVELOPE, "sd": sd_bound + ENVELOPE, "pipeline": pipeline_bound + ENVELOPE}
+            "clip": clip_bound + ENVELOPE, "sd": sd_bound + ENVELOPE, "pipeline": pipeline_bound + ENVELOPE,
+            "upscale": upscale_bound + ENVELOPE}
 
 
 def test_pipeline_limits_fit_the_models_it_calls():
@@ -130,6 +138,7 @@ def noise_2048():
 def largest_legal_requests(image: str) -> list[tuple[str, str, dict]]:
     sam, clip, pose, sd = limits("sam"), limits("clip"), limits("pose"), limits("sd")
     side = sam["max_image_side"]
+    upscale_side = int((limits("upscale")["max_output_pixels"] // 16) ** 0.5)  # the largest square input
     boxes = sam["max_masks"] // 3  # x 3 masks each with multimask: exactly max_masks
     step = (side - 200) // boxes
     return [
@@ -148,6 +157,9 @@ def largest_legal_requests(image: str) -> list[tuple[str, str, dict]]:
          {"prompt": [f"p{i}" for i in range(sd["max_prompts"])], "width": 512, "height": 512, "steps": 1,
           "seed": 1}),
         ("pipeline: 2048x2048 noise with depth and pose", "pipeline", {"image": image, "priors": ["depth", "pose"]}),
+        (f"upscale: {upscale_side}x{upscale_side} noise to the output bound", "upscale",
+         {"image": b64(png_bytes(Image.fromarray(np.random.default_rng(2).integers(
+             0, 255, (upscale_side, upscale_side, 3), dtype=np.uint8)))), "steps": 1, "seed": 1}),
     ]
 
 
