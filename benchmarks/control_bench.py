@@ -9,7 +9,8 @@ Two figures, printed and written to benchmarks/results/control_<profile>.json (f
    side's median. With guidance a ControlNet forward runs beside every UNet forward, so the ratio
    is about 1 + ControlNet cost / UNet cost (the ControlNet is the UNet's encoder half).
 2. **memory** (``--memory``; meant for arch): the sd handler's resident set (RSS) loaded with no
-   ControlNet and with all three (``control.types``), each in a fresh process, after a gc: the
+   ControlNet and with all three (``control.types``), each in a fresh process, every weight read
+   once (safetensors are memory-mapped: a weight joins the RSS when first read), after a gc: the
    growth ÷ the three ControlNets' weight bytes on disk. ~1 means each ControlNet's weights are
    resident once and SD's UNet, VAE and text encoder are shared, not copied (a second SD would
    show as ~+4 GB, a ratio near 2).
@@ -79,12 +80,24 @@ def time_figures(profile: str, rounds: int, threads: int | None) -> dict[str, An
             "ratio": control_s / plain_s, "samples": times}
 
 
+def touch_weights(handler) -> None:
+    """Read every weight once. Safetensors load memory-mapped: a weight is resident (in RSS) only once
+    something reads it, as the first request does; without this the figure would count almost nothing."""
+    import torch
+
+    modules = [handler.pipe.unet, handler.pipe.vae, handler.pipe.text_encoder, *handler.controlnets.values()]
+    with torch.inference_mode():
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.sum()
+
+
 def rss_after_load(profile: str, types: list[str], threads: int | None) -> dict[str, Any]:
-    """In a fresh process: the sd handler loaded with ``types``; its RSS in bytes, after a gc."""
+    """In a fresh process: the sd handler loaded with ``types``, every weight read once; its RSS in bytes."""
     code = ("import gc, json, sys, psutil; sys.path[:0] = [sys.argv[1]];"
             "import control_bench as cb;"
             "h = cb.load(sys.argv[2], None if sys.argv[3] == 'none' else int(sys.argv[3]), json.loads(sys.argv[4]));"
-            "gc.collect();"
+            "cb.touch_weights(h); gc.collect();"
             "print(json.dumps({'rss': psutil.Process().memory_info().rss, 'loaded': list(h.controlnets)}))")
     result = subprocess.run([sys.executable, "-c", code, str(bl.BENCH), profile, str(threads or "none"),
                              json.dumps(types)], capture_output=True, text=True, cwd=bl.REPO, timeout=3600)
@@ -93,17 +106,16 @@ def rss_after_load(profile: str, types: list[str], threads: int | None) -> dict[
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def memory_figures(profile: str, threads: int | None) -> dict[str, Any]:
+def memory_figures(profile: str, threads: int | None, types: list[str]) -> dict[str, Any]:
     from harness import model_config
 
     root = Path(model_config("sd", profile)["handler"]["weights_dir"]) / "controlnet"
-    types = ["depth", "pose", "canny"]
     weight_bytes = sum(f.stat().st_size for kind in types for f in (root / kind).glob("*.safetensors"))
     without = rss_after_load(profile, [], threads)
     gc.collect()
     with_all = rss_after_load(profile, types, threads)
     growth = with_all["rss"] - without["rss"]
-    return {"rss_without_bytes": without["rss"], "rss_with_three_bytes": with_all["rss"], "loaded": with_all["loaded"],
+    return {"rss_without_bytes": without["rss"], "rss_with_bytes": with_all["rss"], "loaded": with_all["loaded"],
             "growth_bytes": growth, "controlnet_weight_bytes": weight_bytes, "ratio": growth / weight_bytes}
 
 
@@ -113,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed requests per side")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--memory", action="store_true", help="also the RSS figure (fresh processes; arch: ~10 GB)")
+    parser.add_argument("--memory-types", nargs="+", default=["depth", "pose", "canny"],
+                        help="the ControlNets the memory figure loads (fewer: a smaller peak, ~1.45 GB each on arch)")
     parser.add_argument("--no-time", action="store_true", help="skip the time figure")
     args = parser.parse_args(argv)
 
@@ -126,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{figures['guidance_scale']}, {figures['scheduler']}: sd alone {figures['plain_s']:.3f} s, with one "
             f"ControlNet {figures['control_s']:.3f} s (medians of {figures['rounds']}): ratio {figures['ratio']:.2f}")
     if args.memory:
-        memory = memory_figures(args.profile, args.threads)
+        memory = memory_figures(args.profile, args.threads, args.memory_types)
         report["memory"] = memory
         gib = 2**30
         log(f"[{args.profile}] sd handler RSS: {memory['rss_without_bytes'] / gib:.2f} GiB without ControlNets, "
-            f"{memory['rss_with_three_bytes'] / gib:.2f} GiB with {', '.join(memory['loaded'])}: growth "
+            f"{memory['rss_with_bytes'] / gib:.2f} GiB with {', '.join(memory['loaded'])}: growth "
             f"{memory['growth_bytes'] / gib:.2f} GiB for {memory['controlnet_weight_bytes'] / gib:.2f} GiB of "
             f"ControlNet weights: ratio {memory['ratio']:.2f}")
     bl.write_json(bl.RESULTS / f"control_{args.profile}.json", report)
