@@ -80,7 +80,7 @@ class StudioProcess:
         assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text[:500]}"
         return response.json()
 
-    def wait_for_run(self, run_id: str, timeout: float = 300) -> dict[str, Any]:
+    def wait_for_run(self, run_id: str, timeout: float = 600) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.api("GET", f"/api/runs/{run_id}")

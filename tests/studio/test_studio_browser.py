@@ -68,6 +68,11 @@ def test_whole_flow_in_the_browser_survives_a_restart(server, make_studio, brows
     page.select_option("#samples", "2")
     page.fill("#seed", "11")
     page.fill("#steps", "1")
+    page.fill("input[name=scale-depth]", "2.5")
+    page.click("#interpret-button")
+    page.wait_for_function("document.querySelector('#message').innerText.startsWith('scales.depth:')")
+    assert page.inner_text("#message") == "scales.depth: must be between 0 and 2.0, got 2.5"
+    page.fill("input[name=scale-depth]", "0.8")
     page.click("#interpret-button")
     page.wait_for_selector("#run[data-status=running] #stages")  # progress while it runs
     page.wait_for_selector("#run[data-status=done] .sample", timeout=TIMEOUT_MS)
@@ -97,7 +102,8 @@ def test_whole_flow_in_the_browser_survives_a_restart(server, make_studio, brows
     run = studio.api("GET", f"/api/runs/{run_id}")
     assert run["caption"] == "an astronaut in an orange suit" and run["caption_edited"] is True
     assert run["proposed_caption"] == proposed
-    assert run["settings"] == {"priors": ["depth", "canny"], "mode": "each", "samples": 2, "seed": 11, "steps": 1}
+    assert run["settings"] == {"priors": ["depth", "canny"], "mode": "each", "samples": 2, "seed": 11, "steps": 1,
+                               "scales": {"depth": 0.8}}
     assert set(run["priors"]) == {"depth", "canny"}
     assert all(prior["origin"] == "studio" for prior in run["priors"].values())  # shown, then sent as prior_images
     assert run["sd_model"]
@@ -279,8 +285,9 @@ def test_a_run_can_be_cancelled_and_deleted(server, make_studio, browser, pictur
     page.goto("/")
     upload(page, picture)
     page.wait_for_selector(".prior[data-prior=depth][data-state=ready]")
-    page.select_option("#samples", "4")
-    page.fill("#steps", "50")  # interpret's most: the run lasts long enough to cancel it
+    # long enough to cancel; small, because TorchServe cannot stop it and finishes it for nobody
+    page.select_option("#samples", "2")
+    page.fill("#steps", "20")
     page.uncheck("input[name=priors][value=pose]")
     page.click("#interpret-button")
     page.click("#run[data-status=running] #cancel")
@@ -288,8 +295,18 @@ def test_a_run_can_be_cancelled_and_deleted(server, make_studio, browser, pictur
     run_id = page.get_attribute("#run", "data-run-id")
     run = studio.api("GET", f"/api/runs/{run_id}")
     assert run["status"] == "cancelled" and run["samples"] == []
+    # a run in flight when the studio stops is recorded as interrupted, not left running
+    draft = studio.api("POST", "/api/drafts", files={"image": ("p.png", picture, "image/png")})
+    interrupted = studio.api("POST", "/api/runs", json={"draft_id": draft["draft_id"], "priors": ["depth"],
+                                                        "mode": "each", "samples": 1, "steps": 20})["run_id"]
+    studio.restart()
+    run = studio.api("GET", f"/api/runs/{interrupted}")
+    assert run["status"] == "interrupted" and run["error"] == "the studio stopped while this run was in progress"
+    page.reload()
     page.click("#run button.delete")
     page.wait_for_function(f"!document.querySelector(\".past-run[data-run-id='{run_id}']\")")
     assert requests.get(f"{studio.url}/api/runs/{run_id}", timeout=30).status_code == 404
+    assert [p for p in (studio.data_dir / "images").rglob("*") if p.is_file()]  # the source: the other run's too
+    studio.api("DELETE", f"/api/runs/{interrupted}")
     assert [p for p in (studio.data_dir / "images").rglob("*") if p.is_file()] == []
     page.context.close()
