@@ -194,6 +194,14 @@ def create_app(settings: StudioSettings) -> FastAPI:
         studio.choose(run_id, form)
         return {"choices": studio.store.run(run_id)["choices"]}  # type: ignore[index]
 
+    @app.post("/api/runs/{run_id}/samples/{index}/upscale")
+    def upscale(run_id: str, index: int) -> dict[str, Any]:
+        return studio.upscale_sample(run_id, index)
+
+    @app.post("/api/runs/{run_id}/interpolate")
+    def interpolate(run_id: str, form: dict[str, Any]) -> dict[str, Any]:
+        return studio.interpolate_samples(run_id, form)
+
     return app
 
 

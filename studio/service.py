@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from PIL import Image
 
 from client import ApiError, Client
 from client.events import JsonStream
@@ -470,6 +471,56 @@ class Studio:
             raise StudioError(404, f"run: no run {run_id}", kind="NotFound") from None
         except StoreError as exc:
             raise StudioError(409, str(exc), kind="Conflict") from None
+
+
+    # --- after a run: upscale a sample, interpolate between two -----------------------------------
+    def _run_samples(self, run_id: str, indices: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        run = self.store.run(run_id)
+        if run is None or run["status"] != "done":
+            raise StudioError(404, f"run: no finished run {run_id}", kind="NotFound")
+        by_index = {sample["index"]: sample for sample in run["samples"]}
+        missing = [index for index in indices if index not in by_index]
+        if missing:
+            raise StudioError(404, f"samples: run {run_id[:8]} has no sample {missing[0]}", kind="NotFound")
+        return run, [by_index[index] for index in indices]
+
+    def _image_bytes(self, sha256: str) -> bytes:
+        path = self.store.image_file(sha256)
+        if path is None:
+            raise StudioError(404, f"image: no picture {sha256}", kind="NotFound")
+        return path.read_bytes()
+
+    def upscale_sample(self, run_id: str, index: int) -> dict[str, Any]:
+        """The sample x4 (the ``upscale`` model), guided by the run's caption, seeded by the sample's seed."""
+        run, [sample] = self._run_samples(run_id, [index])
+        answer = self._call("upscale", "upscale", self._image_bytes(sample["image_sha256"]),
+                            prompt=run["caption"] or "", seed=sample["seed"])
+        return {"image": answer["image"], "seed": answer["seed"]}
+
+    def interpolate_samples(self, run_id: str, form: dict[str, Any]) -> dict[str, Any]:
+        """Frames between two samples of the same priors: sd's ``interpolate`` from one's seed to the
+        other's, the caption at both ends and the run's control images fixed, so the end frames are the
+        two samples themselves."""
+        indices = form.get("samples")
+        if not (isinstance(indices, list) and len(indices) == 2 and all(type(i) is int for i in indices)
+                and indices[0] != indices[1]):
+            raise StudioError(400, "samples: choose two different samples")
+        frames = _integer(form, "frames", 2, 10**3, required=True)
+        run, samples = self._run_samples(run_id, indices)
+        if samples[0]["priors"] != samples[1]["priors"]:
+            raise StudioError(400, "samples: interpolate between two samples of the same priors "
+                                   f"({'+'.join(samples[0]['priors'])} and {'+'.join(samples[1]['priors'])} differ)")
+        settings = run["settings"]
+        control = [{"type": prior, "image": self._image_bytes(run["priors"][prior]["image_sha256"]),
+                    **({"scale": settings["scales"][prior]} if prior in settings.get("scales", {}) else {})}
+                   for prior in samples[0]["priors"]]
+        with Image.open(self.store.image_file(samples[0]["image_sha256"])) as first:
+            width, height = first.size
+        options = {"steps": settings["steps"]} if "steps" in settings else {}
+        caption = run["caption"] or ""
+        answer = self._call("interpolate", "interpolate", [samples[0]["seed"], samples[1]["seed"]], frames,
+                            [caption, caption], control=control, width=width, height=height, **options)
+        return {"images": answer["images"], "seeds": answer["seeds"]}
 
 
 def _import_edges() -> None:

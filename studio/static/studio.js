@@ -246,6 +246,44 @@ async function saveChoices(event) {
   }
 }
 
+// after a run: a sample upscaled x4, or the frames between two samples (not stored; shown below the samples)
+function showExtras(title, images) {
+  $("#extras-title").textContent = title;
+  const holder = $("#extras-images");
+  holder.innerHTML = "";
+  for (const image of images) {
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${image}`;
+    holder.appendChild(img);
+  }
+  $("#extras").hidden = false;
+}
+
+async function upscaleSample(button) {
+  showMessage(`upscaling sample ${button.dataset.sample}…`, "info");
+  try {
+    const answer = await api("POST", `/api/runs/${button.dataset.runId}/samples/${button.dataset.sample}/upscale`);
+    showMessage("");
+    showExtras(`sample ${button.dataset.sample} upscaled x4 (seed ${answer.seed})`, [answer.image]);
+  } catch (error) {
+    showMessage(error.message);
+  }
+}
+
+async function interpolateSamples(button) {
+  const samples = $$("input[name=chosen]:checked").map((input) => Number(input.value));
+  if (samples.length !== 2) { showMessage("samples: check exactly two samples to interpolate between"); return; }
+  showMessage(`interpolating between samples ${samples[0]} and ${samples[1]}…`, "info");
+  try {
+    const answer = await api("POST", `/api/runs/${button.dataset.runId}/interpolate`,
+                             { samples, frames: Number($("#frames").value) });
+    showMessage("");
+    showExtras(`${answer.images.length} frames from sample ${samples[0]} to ${samples[1]}`, answer.images);
+  } catch (error) {
+    showMessage(error.message);
+  }
+}
+
 async function deleteRun(runId) {
   if (!window.confirm("Delete this run, its samples and everyone's choices on it?")) return;
   try {
@@ -297,6 +335,8 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!button) return;
     if (button.dataset.action === "cancel") cancel(button.dataset.runId);
     if (button.dataset.action === "delete") deleteRun(button.dataset.runId);
+    if (button.dataset.action === "upscale") upscaleSample(button);
+    if (button.dataset.action === "interpolate") interpolateSamples(button);
   });
   window.addEventListener("popstate", () => window.location.reload());
   follow();
