@@ -5,6 +5,7 @@ Servers come from tests/server.py (``TorchServe``: free ports, a config generate
 ``config.properties``); in-process handlers from tests/harness.py (``model_config``/``make_context``,
 the exact handler code without a server).
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,14 +20,15 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 RESULTS = BENCH / "results"
-WORK = RESULTS / ".work"          # private model stores and server run dirs (gitignored with results/)
+WORK = RESULTS / ".work"  # private model stores and server run dirs (gitignored with results/)
 WEIGHTS = REPO / "model_store" / "weights"
 for _path in (REPO, REPO / "tests", REPO / "scripts"):
     if str(_path) not in sys.path:
@@ -39,10 +41,9 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
-
 from served_models import weighted_models  # noqa: E402  (scripts/served_models.py: the one model list)
 
-MODELS = tuple(weighted_models())   # serve.sh's registration order
+MODELS = tuple(weighted_models())  # serve.sh's registration order
 THREADS = os.cpu_count() or 1
 
 
@@ -59,7 +60,7 @@ class Figure:
     title: str
     value: float | None
     unit: str = ""
-    goal: str = ""                 # e.g. ">= 0.90"
+    goal: str = ""  # e.g. ">= 0.90"
     met: bool | None = None
     details: dict[str, Any] = field(default_factory=dict)
     note: str = ""
@@ -83,8 +84,15 @@ def judge(value: float | None, goal: str) -> bool | None:
 
 
 def figure(id: str, title: str, value: float | None, unit: str = "", goal: str = "", **kwargs: Any) -> Figure:
-    return Figure(id=id, title=title, value=None if value is None else float(value), unit=unit, goal=goal,
-                  met=judge(value, goal), **kwargs)
+    return Figure(
+        id=id,
+        title=title,
+        value=None if value is None else float(value),
+        unit=unit,
+        goal=goal,
+        met=judge(value, goal),
+        **kwargs,
+    )
 
 
 # --- how busy the machine was ---------------------------------------------------------------------
@@ -109,15 +117,26 @@ class CpuWatch:
         total = _busy_cpu() - self.total0
         own = _own_cpu() - self.own0
         others = max(total - own, 0.0) / wall
-        return {"others_cores": round(others, 2), "own_cores": round(own / wall, 2), "cores": THREADS,
-                "load1_start": round(self.load0, 2), "load1_end": round(os.getloadavg()[0], 2),
-                "wall_s": round(wall, 1), "busy": others > self.BUSY_CORES}
+        return {
+            "others_cores": round(others, 2),
+            "own_cores": round(own / wall, 2),
+            "cores": THREADS,
+            "load1_start": round(self.load0, 2),
+            "load1_end": round(os.getloadavg()[0], 2),
+            "wall_s": round(wall, 1),
+            "busy": others > self.BUSY_CORES,
+        }
 
 
 def _busy_cpu() -> float:
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) \
+    return (
+        sum(times)
+        - times.idle
+        - getattr(times, "iowait", 0.0)
+        - getattr(times, "guest", 0.0)
         - getattr(times, "guest_nice", 0.0)
+    )
 
 
 _seen_own: dict[tuple[int, float], float] = {}
@@ -147,9 +166,15 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": THREADS, "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": THREADS,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
 
 
 # --- images and request bodies --------------------------------------------------------------------
@@ -179,8 +204,10 @@ def ensure_weights(profile: str, models: Iterable[str], sam_vit_base: bool = Fal
         missing.append("sam")
     if missing:
         log(f"building {profile} weights for {', '.join(missing)} (scripts/build_models.py)")
-        subprocess.run([sys.executable, str(REPO / "scripts" / "build_models.py"), "--profile", profile,
-                        "--models", *missing], check=True)
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "build_models.py"), "--profile", profile, "--models", *missing],
+            check=True,
+        )
 
 
 def build_store(name: str, profile: str, archives: Iterable[str]) -> Path:
@@ -189,8 +216,11 @@ def build_store(name: str, profile: str, archives: Iterable[str]) -> Path:
     store = WORK / name / "model_store"
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)
-    result = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", profile, "--store", str(store),
-                             *archives], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(REPO / "scripts" / "archive.sh"), "--profile", profile, "--store", str(store), *archives],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"scripts/archive.sh failed:\n{result.stderr[-3000:]}")
     return store
@@ -281,8 +311,9 @@ class Load:
         return [e - s for s, e in zip(self.starts, self.ends)]
 
 
-def closed_loop(send: Callable[[int], None], concurrency: int, *, requests_total: int | None = None,
-                duration: float | None = None) -> Load:
+def closed_loop(
+    send: Callable[[int], None], concurrency: int, *, requests_total: int | None = None, duration: float | None = None
+) -> Load:
     """``concurrency`` threads, each sending its next request as soon as the last one answered, until
     ``requests_total`` were sent or ``duration`` seconds passed (requests in flight then finish)."""
     lock = threading.Lock()
@@ -335,7 +366,7 @@ def steady_rate(ends: list[float], skip: int, gap: float = 0.05) -> tuple[float 
             bursts.append([t])
     if len(bursts) <= skip + 1:
         return None, 0
-    items = sum(len(b) for b in bursts[skip + 1:])
+    items = sum(len(b) for b in bursts[skip + 1 :])
     return items / (bursts[-1][-1] - bursts[skip][-1]), items
 
 
@@ -343,8 +374,14 @@ def percentiles(values: list[float]) -> dict[str, float | int]:
     if not values:
         return {"n": 0}
     array = np.asarray(values)
-    return {"n": len(values), "p50": float(np.percentile(array, 50)), "p90": float(np.percentile(array, 90)),
-            "p99": float(np.percentile(array, 99)), "mean": float(array.mean()), "max": float(array.max())}
+    return {
+        "n": len(values),
+        "p50": float(np.percentile(array, 50)),
+        "p90": float(np.percentile(array, 90)),
+        "p99": float(np.percentile(array, 99)),
+        "mean": float(array.mean()),
+        "max": float(array.max()),
+    }
 
 
 def median(values: list[float]) -> float | None:
@@ -382,9 +419,11 @@ def server_memory(server) -> dict[str, Any]:
             processes[proc.pid] = {"role": "worker", **process_memory(proc)}
         except psutil.Error:
             continue
-    return {"processes": processes,
-            "rss_mib": sum(p["rss_mib"] for p in processes.values()),
-            "pss_mib": sum(p["pss_mib"] for p in processes.values())}
+    return {
+        "processes": processes,
+        "rss_mib": sum(p["rss_mib"] for p in processes.values()),
+        "pss_mib": sum(p["pss_mib"] for p in processes.values()),
+    }
 
 
 def worker_pids(server, model: str) -> set[int]:

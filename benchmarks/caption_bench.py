@@ -11,6 +11,7 @@ decoder's work) is printed beside each figure. ``--profile arch`` needs its weig
 (``scripts/build_models.sh --profile arch --models caption``, ~1.8 GB) and is slow on a CPU: keep
 its settings cheap (the defaults below: 10 new tokens, 1 beam).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,15 @@ def timed_batch(handler, bodies: list[dict[str, Any]]) -> tuple[float, list[dict
     return seconds, [body for _, body in results]
 
 
-def run(profile: str = "tiny", quick: bool = False, threads: int | None = None, max_new_tokens: int | None = None,
-        num_beams: int | None = None, side: int = 256, repeats: int | None = None) -> list[bl.Figure]:
+def run(
+    profile: str = "tiny",
+    quick: bool = False,
+    threads: int | None = None,
+    max_new_tokens: int | None = None,
+    num_beams: int | None = None,
+    side: int = 256,
+    repeats: int | None = None,
+) -> list[bl.Figure]:
     """The three figures (batch 8, batch 1, their ratio); also written to results/caption_<profile>.json."""
     arch = profile == "arch"
     repeats = repeats or (2 if arch or quick else 5)
@@ -58,10 +66,14 @@ def run(profile: str = "tiny", quick: bool = False, threads: int | None = None, 
     settings = handler.settings
     max_new_tokens = max_new_tokens or (10 if arch else settings.max_new_tokens)
     num_beams = num_beams or (1 if arch else settings.num_beams)
-    bodies = [{"image": bl.png_b64(bl.picture(side, side, seed)), "max_new_tokens": max_new_tokens,
-               "num_beams": num_beams} for seed in range(BATCH)]
-    stated = (f"{profile}, {BATCH} pictures {side}x{side}, max_new_tokens {max_new_tokens}, "
-              f"num_beams {num_beams}, torch threads {handler_threads()}")
+    bodies = [
+        {"image": bl.png_b64(bl.picture(side, side, seed)), "max_new_tokens": max_new_tokens, "num_beams": num_beams}
+        for seed in range(BATCH)
+    ]
+    stated = (
+        f"{profile}, {BATCH} pictures {side}x{side}, max_new_tokens {max_new_tokens}, "
+        f"num_beams {num_beams}, torch threads {handler_threads()}"
+    )
     log(f"caption benchmark: {stated}")
     lengths = count_new_tokens(handler)
     timed_batch(handler, bodies[:1])  # warm-up: first-call allocations and kernel choices
@@ -77,22 +89,54 @@ def run(profile: str = "tiny", quick: bool = False, threads: int | None = None, 
         log(f"  block {block + 1}/{repeats}: batch 8 {batched[-1]:.3g} captions/s, batch 1 {alone[-1]:.3g} captions/s")
     busy = watch.stop()
 
-    note = (f"{stated}; medians of {repeats} alternating blocks; {statistics.mean(lengths):.1f} new tokens per caption "
-            f"on average (at most {max_new_tokens})")
+    note = (
+        f"{stated}; medians of {repeats} alternating blocks; {statistics.mean(lengths):.1f} new tokens per caption "
+        f"on average (at most {max_new_tokens})"
+    )
     gains = [b / a for b, a in zip(batched, alone)]
     title = f"caption {profile}:"
     figures = [
-        bl.figure(f"cap1-{profile}", f"{title} captions/s at batch 8", statistics.median(batched), "captions/s",
-                  busy=busy, note=note, details={"samples": batched}),
-        bl.figure(f"cap2-{profile}", f"{title} captions/s at batch 1", statistics.median(alone), "captions/s",
-                  busy=busy, note=note, details={"samples": alone}),
-        bl.figure(f"cap3-{profile}", f"{title} batching gain (batch 8 / batch 1, per block)",
-                  statistics.median(gains), "x", busy=busy, note=note, details={"samples": gains}),
+        bl.figure(
+            f"cap1-{profile}",
+            f"{title} captions/s at batch 8",
+            statistics.median(batched),
+            "captions/s",
+            busy=busy,
+            note=note,
+            details={"samples": batched},
+        ),
+        bl.figure(
+            f"cap2-{profile}",
+            f"{title} captions/s at batch 1",
+            statistics.median(alone),
+            "captions/s",
+            busy=busy,
+            note=note,
+            details={"samples": alone},
+        ),
+        bl.figure(
+            f"cap3-{profile}",
+            f"{title} batching gain (batch 8 / batch 1, per block)",
+            statistics.median(gains),
+            "x",
+            busy=busy,
+            note=note,
+            details={"samples": gains},
+        ),
     ]
     bl.RESULTS.mkdir(parents=True, exist_ok=True)
-    (bl.RESULTS / f"caption_{profile}.json").write_text(json.dumps(
-        {"machine": bl.machine(), "settings": stated, "new_tokens_per_caption": lengths,
-         "figures": [fig.__dict__ for fig in figures]}, indent=2, default=str))
+    (bl.RESULTS / f"caption_{profile}.json").write_text(
+        json.dumps(
+            {
+                "machine": bl.machine(),
+                "settings": stated,
+                "new_tokens_per_caption": lengths,
+                "figures": [fig.__dict__ for fig in figures],
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return figures
 
 
@@ -105,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="alternating blocks (default: 5 tiny, 2 arch)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: the yaml's)")
     args = parser.parse_args(argv)
-    figures = run(args.profile, threads=args.threads, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                  side=args.side, repeats=args.repeats)
+    figures = run(
+        args.profile,
+        threads=args.threads,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        side=args.side,
+        repeats=args.repeats,
+    )
     busy = figures[0].busy
     print(f"\ncaption: {figures[0].note}; others used {busy['others_cores']} of {busy['cores']} cores")
     for fig in figures:

@@ -19,6 +19,7 @@ arch needs its weights: ``scripts/build_models.sh --profile arch --models sd`` (
 three ControlNets ~1.45 GB each, fp32). On a CPU keep it cheap: the arch defaults below are
 2 steps at 128x128.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,9 +76,18 @@ def time_figures(profile: str, rounds: int, threads: int | None) -> dict[str, An
         times["plain"].append(timed(handler, plain))
         times["control"].append(timed(handler, controlled))
     plain_s, control_s = statistics.median(times["plain"]), statistics.median(times["control"])
-    return {"width": width, "height": height, "steps": steps, "guidance_scale": handler.default_guidance,
-            "scheduler": handler.default_scheduler, "rounds": rounds, "plain_s": plain_s, "control_s": control_s,
-            "ratio": control_s / plain_s, "samples": times}
+    return {
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance_scale": handler.default_guidance,
+        "scheduler": handler.default_scheduler,
+        "rounds": rounds,
+        "plain_s": plain_s,
+        "control_s": control_s,
+        "ratio": control_s / plain_s,
+        "samples": times,
+    }
 
 
 def touch_weights(handler) -> None:
@@ -94,13 +104,20 @@ def touch_weights(handler) -> None:
 
 def rss_after_load(profile: str, types: list[str], threads: int | None) -> dict[str, Any]:
     """In a fresh process: the sd handler loaded with ``types``, every weight read once; its RSS in bytes."""
-    code = ("import gc, json, sys, psutil; sys.path[:0] = [sys.argv[1]];"
-            "import control_bench as cb;"
-            "h = cb.load(sys.argv[2], None if sys.argv[3] == 'none' else int(sys.argv[3]), json.loads(sys.argv[4]));"
-            "cb.touch_weights(h); gc.collect();"
-            "print(json.dumps({'rss': psutil.Process().memory_info().rss, 'loaded': list(h.controlnets)}))")
-    result = subprocess.run([sys.executable, "-c", code, str(bl.BENCH), profile, str(threads or "none"),
-                             json.dumps(types)], capture_output=True, text=True, cwd=bl.REPO, timeout=3600)
+    code = (
+        "import gc, json, sys, psutil; sys.path[:0] = [sys.argv[1]];"
+        "import control_bench as cb;"
+        "h = cb.load(sys.argv[2], None if sys.argv[3] == 'none' else int(sys.argv[3]), json.loads(sys.argv[4]));"
+        "cb.touch_weights(h); gc.collect();"
+        "print(json.dumps({'rss': psutil.Process().memory_info().rss, 'loaded': list(h.controlnets)}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(bl.BENCH), profile, str(threads or "none"), json.dumps(types)],
+        capture_output=True,
+        text=True,
+        cwd=bl.REPO,
+        timeout=3600,
+    )
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -115,8 +132,14 @@ def memory_figures(profile: str, threads: int | None, types: list[str]) -> dict[
     gc.collect()
     with_all = rss_after_load(profile, types, threads)
     growth = with_all["rss"] - without["rss"]
-    return {"rss_without_bytes": without["rss"], "rss_with_bytes": with_all["rss"], "loaded": with_all["loaded"],
-            "growth_bytes": growth, "controlnet_weight_bytes": weight_bytes, "ratio": growth / weight_bytes}
+    return {
+        "rss_without_bytes": without["rss"],
+        "rss_with_bytes": with_all["rss"],
+        "loaded": with_all["loaded"],
+        "growth_bytes": growth,
+        "controlnet_weight_bytes": weight_bytes,
+        "ratio": growth / weight_bytes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed requests per side")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--memory", action="store_true", help="also the RSS figure (fresh processes; arch: ~10 GB)")
-    parser.add_argument("--memory-types", nargs="+", default=["depth", "pose", "canny"],
-                        help="the ControlNets the memory figure loads (fewer: a smaller peak, ~1.45 GB each on arch)")
+    parser.add_argument(
+        "--memory-types",
+        nargs="+",
+        default=["depth", "pose", "canny"],
+        help="the ControlNets the memory figure loads (fewer: a smaller peak, ~1.45 GB each on arch)",
+    )
     parser.add_argument("--no-time", action="store_true", help="skip the time figure")
     args = parser.parse_args(argv)
 
@@ -136,17 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_time:
         figures = time_figures(args.profile, args.rounds, args.threads)
         report["time"] = figures
-        log(f"[{args.profile}] {figures['width']}x{figures['height']}, {figures['steps']} steps, guidance "
+        log(
+            f"[{args.profile}] {figures['width']}x{figures['height']}, {figures['steps']} steps, guidance "
             f"{figures['guidance_scale']}, {figures['scheduler']}: sd alone {figures['plain_s']:.3f} s, with one "
-            f"ControlNet {figures['control_s']:.3f} s (medians of {figures['rounds']}): ratio {figures['ratio']:.2f}")
+            f"ControlNet {figures['control_s']:.3f} s (medians of {figures['rounds']}): ratio {figures['ratio']:.2f}"
+        )
     if args.memory:
         memory = memory_figures(args.profile, args.threads, args.memory_types)
         report["memory"] = memory
         gib = 2**30
-        log(f"[{args.profile}] sd handler RSS: {memory['rss_without_bytes'] / gib:.2f} GiB without ControlNets, "
+        log(
+            f"[{args.profile}] sd handler RSS: {memory['rss_without_bytes'] / gib:.2f} GiB without ControlNets, "
             f"{memory['rss_with_bytes'] / gib:.2f} GiB with {', '.join(memory['loaded'])}: growth "
             f"{memory['growth_bytes'] / gib:.2f} GiB for {memory['controlnet_weight_bytes'] / gib:.2f} GiB of "
-            f"ControlNet weights: ratio {memory['ratio']:.2f}")
+            f"ControlNet weights: ratio {memory['ratio']:.2f}"
+        )
     bl.write_json(bl.RESULTS / f"control_{args.profile}.json", report)
     return 0
 

@@ -6,6 +6,7 @@ control, each handler in-process on the tiny profile; each picture is photograph
 generated image. Tiny random weights: the depth map and keypoints are noise and the generated
 image is noise (canny edges are real: they need no model).
 """
+
 from __future__ import annotations
 
 import benchlib as bl  # first: it puts tests/ and scripts/ on the path, as for every benchmark
@@ -32,9 +33,19 @@ controls["pose"] = decode_png(pose["control_image"]).convert("RGB")
 controls["canny"] = canny_edges(photo)
 sd = load_handler(TextToImage, "sd")
 for kind, control in controls.items():
-    [(status, out)] = run_batch(sd, [{"prompt": "an astronaut in a white suit", "seed": 7, "steps": 10,
-                                 "width": SIDE, "height": SIDE,
-                                 "control": [{"type": kind, "image": png_b64(control)}]}])
+    [(status, out)] = run_batch(
+        sd,
+        [
+            {
+                "prompt": "an astronaut in a white suit",
+                "seed": 7,
+                "steps": 10,
+                "width": SIDE,
+                "height": SIDE,
+                "control": [{"type": kind, "image": png_b64(control)}],
+            }
+        ],
+    )
     assert status == 200, out
     sheet = Image.new("RGB", (3 * SIDE, SIDE))
     sheet.paste(photo.resize((SIDE, SIDE)), (0, 0))

@@ -20,6 +20,7 @@ is 1.0 when the pipeline model and the workflow hold no weights of their own, i.
 resident twice; what they do cost (Python processes with torch imported, no weights) is the excess.
 The server is returned running for the pipeline figures.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,13 +35,13 @@ class Deployment:
 
     def __init__(self, profile: str, threads: int | None = None):
         self.profile = profile
-        self.threads = threads     # handler.torch_threads for every model (None: as models/ ship it)
+        self.threads = threads  # handler.torch_threads for every model (None: as models/ ship it)
         self.server = None
         self.figures: list[Figure] = []
         self.bare: dict[str, Any] = {}
         self.idle: dict[str, Any] = {}
 
-    def start(self) -> "Deployment":
+    def start(self) -> Deployment:
         profile = self.profile
         bl.ensure_weights(profile, bl.MODELS, sam_vit_base=False)
         log(f"deployment {profile}: archiving {', '.join(bl.MODELS)}, pipeline and the workflow into a private store")
@@ -68,19 +69,32 @@ class Deployment:
             pids = set(memory["processes"]) - attributed if workflow else bl.worker_pids(self.server, name)
             pids = {pid for pid in pids if pid in memory["processes"]}
             attributed |= pids
-            alone[name] = {"workers": len(pids),
-                           "rss_mib": sum(memory["processes"][p]["rss_mib"] for p in pids),
-                           "pss_mib": sum(memory["processes"][p]["pss_mib"] for p in pids)}
+            alone[name] = {
+                "workers": len(pids),
+                "rss_mib": sum(memory["processes"][p]["rss_mib"] for p in pids),
+                "pss_mib": sum(memory["processes"][p]["pss_mib"] for p in pids),
+            }
             measured += time.perf_counter() - measuring
         ready = time.perf_counter() - started - measured
         busy = watch.stop()
         self.bare = bare
         self.idle = {"after_registration": bl.server_memory(self.server), "alone": alone}
-        self.figures.append(figure(
-            f"5{'a' if profile == 'tiny' else 'c'}", f"start-up to all-ready, {profile} profile", ready, "s",
-            details={"steps_s": steps, "order": [*bl.MODELS, "pipeline", "workflow pipeline"],
-                     "torch_threads": self.threads or "default (all cores)"}, busy=busy,
-            note="launch -> /ping healthy -> each registration (synchronous: workers loaded); weights from the page cache"))
+        self.figures.append(
+            figure(
+                f"5{'a' if profile == 'tiny' else 'c'}",
+                f"start-up to all-ready, {profile} profile",
+                ready,
+                "s",
+                details={
+                    "steps_s": steps,
+                    "order": [*bl.MODELS, "pipeline", "workflow pipeline"],
+                    "torch_threads": self.threads or "default (all cores)",
+                },
+                busy=busy,
+                note="launch -> /ping healthy -> each registration (synchronous: workers loaded); "
+                "weights from the page cache",
+            )
+        )
         return self
 
     def memory_figure(self, exercised: set[str]) -> Figure:
@@ -90,8 +104,14 @@ class Deployment:
         profile = self.profile
         caller = bl.Caller(self.server)
         warm_ups = {
-            "sd": ("sd", {"prompt": "warm-up", "seed": 0, **({} if profile == "tiny" else
-                                                           {"steps": 2, "width": 128, "height": 128})}),
+            "sd": (
+                "sd",
+                {
+                    "prompt": "warm-up",
+                    "seed": 0,
+                    **({} if profile == "tiny" else {"steps": 2, "width": 128, "height": 128}),
+                },
+            ),
             "clip": ("clip", {"image": bl.png_b64(bl.picture(128, 128, 7))}),
             "sam": ("sam", {"image": bl.png_b64(bl.picture(128, 128, 8)), "roi": [[10, 10, 100, 100]]}),
             "depth": ("depth", {"image": bl.png_b64(bl.picture(128, 128, 9))}),
@@ -112,24 +132,37 @@ class Deployment:
         known = {p for name in bl.MODELS for p in bl.worker_pids(self.server, name)}
         frontend_bare = next(p for p in self.bare["processes"].values() if p["role"] == "frontend")
         frontend_now = next(p for p in everything["processes"].values() if p["role"] == "frontend")
-        others = sum(v["rss_mib"] for pid, v in everything["processes"].items()
-                     if v["role"] == "worker" and pid not in known)
+        others = sum(
+            v["rss_mib"] for pid, v in everything["processes"].items() if v["role"] == "worker" and pid not in known
+        )
         baseline = frontend_bare["rss_mib"] + sum(per_model.values())
         idle = self.idle["after_registration"]
         return figure(
             f"5{'b' if profile == 'tiny' else 'd'}",
             f"server RSS, everything registered / (frontend + each model alone), {profile}",
-            everything["rss_mib"] / baseline, "x", "<= 1.1", busy=busy,
-            details={"everything_rss_mib": everything["rss_mib"], "everything_pss_mib": everything["pss_mib"],
-                     "frontend_bare_rss_mib": frontend_bare["rss_mib"], "frontend_now_rss_mib": frontend_now["rss_mib"],
-                     "models_alone_rss_mib": per_model,
-                     "pipeline_model_and_workflow_workers_rss_mib": others,
-                     "idle_after_registration": {"everything_rss_mib": idle["rss_mib"],
-                                                 "per_registration": self.idle["alone"]},
-                     "processes": len(everything["processes"])},
-            note=(f"{everything['rss_mib'] / 1024:.2f} GiB vs {baseline / 1024:.2f} GiB; the pipeline model's and the "
-                  f"workflow's workers hold {others / 1024:.2f} GiB (Python + torch, no weights), the frontend grew "
-                  f"{(frontend_now['rss_mib'] - frontend_bare['rss_mib']):.0f} MiB"))
+            everything["rss_mib"] / baseline,
+            "x",
+            "<= 1.1",
+            busy=busy,
+            details={
+                "everything_rss_mib": everything["rss_mib"],
+                "everything_pss_mib": everything["pss_mib"],
+                "frontend_bare_rss_mib": frontend_bare["rss_mib"],
+                "frontend_now_rss_mib": frontend_now["rss_mib"],
+                "models_alone_rss_mib": per_model,
+                "pipeline_model_and_workflow_workers_rss_mib": others,
+                "idle_after_registration": {
+                    "everything_rss_mib": idle["rss_mib"],
+                    "per_registration": self.idle["alone"],
+                },
+                "processes": len(everything["processes"]),
+            },
+            note=(
+                f"{everything['rss_mib'] / 1024:.2f} GiB vs {baseline / 1024:.2f} GiB; the pipeline model's and the "
+                f"workflow's workers hold {others / 1024:.2f} GiB (Python + torch, no weights), the frontend grew "
+                f"{(frontend_now['rss_mib'] - frontend_bare['rss_mib']):.0f} MiB"
+            ),
+        )
 
     def stop(self) -> None:
         if self.server is not None:

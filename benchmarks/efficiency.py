@@ -16,6 +16,7 @@ Blocks alternate (in-process, batch 8, batch 1, in-process, ...) so that other w
 machine disturbs both sides of a ratio alike. Private copies of the model configs (batch size,
 one worker, ``torch_threads``, sam's ViT-B weights) go into a private store; models/ is untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ def clip_bodies(count: int = 16) -> list[bytes]:
 
 def sam_body(seed: int) -> bytes:
     # a new picture per request: the embedding cache (keyed by pixels) never answers
-    return json.dumps({"image": bl.png_b64(bl.picture(320, 240, seed=10_000 + seed)),
-                       "roi": [[40, 30, 280, 210]]}).encode()
+    return json.dumps(
+        {"image": bl.png_b64(bl.picture(320, 240, seed=10_000 + seed)), "roi": [[40, 30, 280, 210]]}
+    ).encode()
 
 
 def load_handler(handler_class: type, name: str, config: dict[str, Any], batch_size: int):
@@ -61,10 +63,12 @@ def run_inprocess(handler, bodies: list[bytes]) -> float:
     return elapsed
 
 
-def server_block(caller: bl.Caller, model: str, bodies: list[bytes], concurrency: int, duration: float,
-                 skip: int) -> tuple[float | None, int, float, list[str]]:
+def server_block(
+    caller: bl.Caller, model: str, bodies: list[bytes], concurrency: int, duration: float, skip: int
+) -> tuple[float | None, int, float, list[str]]:
     """Closed loop for ``duration`` s; (steady items/s, items counted, seconds counted, errors). Only
     completions before the senders stop count: until then ``concurrency`` requests are always queued."""
+
     def send(i: int) -> None:
         caller.ok(f"/predictions/{model}", bodies[i % len(bodies)])
 
@@ -78,11 +82,11 @@ def server_block(caller: bl.Caller, model: str, bodies: list[bytes], concurrency
 def forward_only_clip(handler, batch: int, seconds: float) -> tuple[int, float]:
     """The bare CLIP image tower on preprocessed pixels (no decoding, no preprocessing): (images, s)."""
     import torch
-
     from harness import sample_image
 
-    pixels = handler.processor(images=[sample_image(256, 256, seed=i) for i in range(batch)],
-                               return_tensors="pt")["pixel_values"]
+    pixels = handler.processor(images=[sample_image(256, 256, seed=i) for i in range(batch)], return_tensors="pt")[
+        "pixel_values"
+    ]
     with torch.inference_mode():
         handler.model.get_image_features(pixel_values=pixels)
         count, started = 0, time.perf_counter()
@@ -113,8 +117,12 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
     for (batch, n), name in clip_models.items():
         bl.variant_archive(store, "clip", name, {**one_worker, "batchSize": batch, "handler": {"torch_threads": n}})
     sam_weights = str((bl.WEIGHTS / profile / ("sam-vit-base" if profile == "arch" else "sam")).resolve())
-    bl.variant_archive(store, "sam", "sam_vitb", {**one_worker, "batchSize": SAM_BATCH,
-                                                  "handler": {"torch_threads": threads, "weights_dir": sam_weights}})
+    bl.variant_archive(
+        store,
+        "sam",
+        "sam_vitb",
+        {**one_worker, "batchSize": SAM_BATCH, "handler": {"torch_threads": threads, "weights_dir": sam_weights}},
+    )
 
     figures: list[Figure] = []
     server = bl.start_server("efficiency", store)
@@ -125,11 +133,12 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
         caller = bl.Caller(server)
 
         # --- clip: in-process vs server (batch 8), and batch 8 vs batch 1 ----------------------
-        clip = load_handler(ClipScorer, "clip", bl.rendered_config("clip", profile, handler={"torch_threads": threads}),
-                            CLIP_BATCH)
+        clip = load_handler(
+            ClipScorer, "clip", bl.rendered_config("clip", profile, handler={"torch_threads": threads}), CLIP_BATCH
+        )
         bodies = clip_bodies()
         watch = bl.CpuWatch()
-        run_inprocess(clip, bodies[:CLIP_BATCH])                       # warm-up
+        run_inprocess(clip, bodies[:CLIP_BATCH])  # warm-up
         for name in clip_models.values():
             caller.ok(f"/predictions/{name}", bodies[0])
         rounds = 1 if quick else 2
@@ -158,8 +167,9 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
                     if model_threads != n:
                         continue
                     log(f"efficiency: clip round {r + 1}/{rounds}: {name} at {CLIP_CONCURRENCY} in flight")
-                    rate, items, seconds, errs = server_block(caller, name, bodies, CLIP_CONCURRENCY, block,
-                                                              skip=1 if batch_size > 1 else 4)
+                    _rate, items, seconds, errs = server_block(
+                        caller, name, bodies, CLIP_CONCURRENCY, block, skip=1 if batch_size > 1 else 4
+                    )
                     add(name, items, seconds)
                     errors += errs
         torch.set_num_threads(threads)
@@ -170,23 +180,49 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
         for n in thread_counts:
             served = rates.get("clip_b8" if n == threads else "clip_b8_t1")
             inproc = rates[f"inprocess_t{n}"]
-            figures.append(figure(
-                "1a" if n == threads else "1a-1t",
-                f"clip {profile} serving efficiency (TorchServe / in-process, batch 8, {n} thread{'s' * (n > 1)})",
-                (served / inproc) if served and inproc else None, "x", ">= 0.90", busy=busy,
-                details={"batch_size": CLIP_BATCH, "concurrency": CLIP_CONCURRENCY, "torch_threads": n,
-                         "rounds": rounds, "block_s": block, "images_per_s": rates,
-                         "forward_only_images_per_s": forward if n == threads else None,
-                         "image": "256x256 PNG, base64 JSON", "errors": errors[:5]},
-                note=f"{served or 0:.2f} vs {inproc or 0:.2f} images/s"
-                     + (f"; bare forward {forward:.2f} images/s" if n == threads else "")))
+            figures.append(
+                figure(
+                    "1a" if n == threads else "1a-1t",
+                    f"clip {profile} serving efficiency (TorchServe / in-process, batch 8, {n} thread{'s' * (n > 1)})",
+                    (served / inproc) if served and inproc else None,
+                    "x",
+                    ">= 0.90",
+                    busy=busy,
+                    details={
+                        "batch_size": CLIP_BATCH,
+                        "concurrency": CLIP_CONCURRENCY,
+                        "torch_threads": n,
+                        "rounds": rounds,
+                        "block_s": block,
+                        "images_per_s": rates,
+                        "forward_only_images_per_s": forward if n == threads else None,
+                        "image": "256x256 PNG, base64 JSON",
+                        "errors": errors[:5],
+                    },
+                    note=f"{served or 0:.2f} vs {inproc or 0:.2f} images/s"
+                    + (f"; bare forward {forward:.2f} images/s" if n == threads else ""),
+                )
+            )
         b8, b1 = rates.get("clip_b8"), rates.get("clip_b1")
-        figures.append(figure("2", f"clip {profile} batching gain at 16 in flight (batch 8 / batch 1, {threads} threads)",
-                              (b8 / b1) if b8 and b1 else None, "x", ">= 2",
-                              details={"batch8_images_per_s": b8, "batch1_images_per_s": b1,
-                                       "concurrency": CLIP_CONCURRENCY, "workers": 1, "torch_threads": threads,
-                                       "errors": errors[:5]},
-                              busy=busy, note=f"{b8 or 0:.2f} vs {b1 or 0:.2f} images/s"))
+        figures.append(
+            figure(
+                "2",
+                f"clip {profile} batching gain at 16 in flight (batch 8 / batch 1, {threads} threads)",
+                (b8 / b1) if b8 and b1 else None,
+                "x",
+                ">= 2",
+                details={
+                    "batch8_images_per_s": b8,
+                    "batch1_images_per_s": b1,
+                    "concurrency": CLIP_CONCURRENCY,
+                    "workers": 1,
+                    "torch_threads": threads,
+                    "errors": errors[:5],
+                },
+                busy=busy,
+                note=f"{b8 or 0:.2f} vs {b1 or 0:.2f} images/s",
+            )
+        )
 
         # --- sam ViT-B image encoder: in-process vs server (batch 1) ------------------------------
         # Each image costs 8-30 s here, so the sides are paired single requests in ABBA order
@@ -201,8 +237,10 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
         order = ["server", "inprocess"] if quick else ["server", "inprocess", "inprocess", "server"]
         samples: dict[str, list[float]] = {"server": [], "inprocess": []}
         for k, side_name in enumerate(order):
-            log(f"efficiency: sam {sam_label} {side_name} ({k + 1}/{len(order)}; ViT-B: 8 s per image on 2 idle "
-                f"cores, 30 s on busy ones)")
+            log(
+                f"efficiency: sam {sam_label} {side_name} ({k + 1}/{len(order)}; ViT-B: 8 s per image on 2 idle "
+                f"cores, 30 s on busy ones)"
+            )
             body = sam_body(10 + k)
             if side_name == "server":
                 started = time.perf_counter()
@@ -214,12 +252,24 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
         del sam
         server_s = sum(samples["server"]) / len(samples["server"])
         inproc_s = sum(samples["inprocess"]) / len(samples["inprocess"])
-        figures.append(figure(
-            "1b", f"sam {sam_label} image encoder serving efficiency (TorchServe / in-process, batch 1)",
-            inproc_s / server_s, "x", ">= 0.90", busy=busy,
-            details={"batch_size": SAM_BATCH, "torch_threads": threads, "order": order, "seconds": samples,
-                     "image": "320x240 PNG (resized to SAM's 1024 input), one box prompt"},
-            note=f"{server_s:.1f} s/image served vs {inproc_s:.1f} s/image in-process (paired, ABBA)"))
+        figures.append(
+            figure(
+                "1b",
+                f"sam {sam_label} image encoder serving efficiency (TorchServe / in-process, batch 1)",
+                inproc_s / server_s,
+                "x",
+                ">= 0.90",
+                busy=busy,
+                details={
+                    "batch_size": SAM_BATCH,
+                    "torch_threads": threads,
+                    "order": order,
+                    "seconds": samples,
+                    "image": "320x240 PNG (resized to SAM's 1024 input), one box prompt",
+                },
+                note=f"{server_s:.1f} s/image served vs {inproc_s:.1f} s/image in-process (paired, ABBA)",
+            )
+        )
     finally:
         server.stop()
     return figures

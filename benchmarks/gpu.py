@@ -11,23 +11,25 @@
 
 The published anchors (SD v1.4, 512x512, 50 steps, batch 1) are printed beside the results. These
 are the models alone, as diffusers' guide measured them; the ``sd`` handler adds per-image guidance
-forwards when ``exact_seeds`` is on (the batch-invariance guarantee of DESIGN §5).
+forwards when ``exact_seeds`` is on (the batch-invariance guarantee of docs/architecture.md §7).
 
 Without CUDA it says so and exits 0 (nothing to measure). ``--allow-cpu --profile tiny`` runs the
 same code on the CPU with tiny weights, to check the script itself.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl  # noqa: E402
-from benchlib import Figure, figure, log  # noqa: E402
+import benchlib as bl
+from benchlib import Figure, figure, log
 
 ANCHORS = [
     ("A100, SD v1.4 512x512 50 steps fp16 + SDPA, batch 1", "1.59 s"),
@@ -63,21 +65,30 @@ def timed(fn: Callable[[], Any], device, repeats: int, warmup: int = 1) -> list[
     return times
 
 
-def bench_sd(root: Path, device, dtype, side: int, steps: int, batches: list[int], repeats: int,
-             compile_unet: bool) -> dict[str, Any]:
+def bench_sd(
+    root: Path, device, dtype, side: int, steps: int, batches: list[int], repeats: int, compile_unet: bool
+) -> dict[str, Any]:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(root / "sd", dtype=dtype, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        root / "sd", dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ).to(device)
     pipe.set_progress_bar_config(disable=True)
     attention = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
     results: dict[str, Any] = {"attention": attention, "side": side, "steps": steps}
 
     def run(batch: int) -> None:
         generator = torch.Generator("cpu").manual_seed(0)
-        pipe("a photo of an astronaut riding a horse on mars", height=side, width=side, num_inference_steps=steps,
-             num_images_per_prompt=batch, generator=generator, output_type="pil")
+        pipe(
+            "a photo of an astronaut riding a horse on mars",
+            height=side,
+            width=side,
+            num_inference_steps=steps,
+            num_images_per_prompt=batch,
+            generator=generator,
+            output_type="pil",
+        )
 
     with torch.inference_mode():
         for batch in batches:
@@ -126,8 +137,9 @@ def bench_clip(root: Path, device, dtype, batch: int, repeats: int) -> dict[str,
     return {"batch": batch, "images_per_s": [batch / t for t in times]}
 
 
-def run(quick: bool = False, profile: str = "arch", allow_cpu: bool = False,
-        compile_on_cpu: bool = False) -> list[Figure]:
+def run(
+    quick: bool = False, profile: str = "arch", allow_cpu: bool = False, compile_on_cpu: bool = False
+) -> list[Figure]:
     import torch
 
     available, reason = cuda_available()
@@ -143,7 +155,9 @@ def run(quick: bool = False, profile: str = "arch", allow_cpu: bool = False,
     batches = [1, 4]
     watch = bl.CpuWatch()
     release = torch.cuda.empty_cache if device.type == "cuda" else (lambda: None)
-    sd = bench_sd(root, device, dtype, side, steps, batches, repeats, compile_unet=device.type == "cuda" or compile_on_cpu)
+    sd = bench_sd(
+        root, device, dtype, side, steps, batches, repeats, compile_unet=device.type == "cuda" or compile_on_cpu
+    )
     release()
     sam = bench_sam(root, device, dtype, batches, repeats)
     release()
@@ -154,18 +168,50 @@ def run(quick: bool = False, profile: str = "arch", allow_cpu: bool = False,
     figures = []
     for batch in batches:
         eager = best(sd[f"eager_b{batch}_s"])
-        figures.append(figure(f"6-sd-b{batch}", f"SD v1.4 {profile} {side}x{side} {steps} steps, {dtype_name(dtype)} + SDPA, "
-                              f"batch {batch}, {name}", eager, "s", details=sd, busy=busy))
+        figures.append(
+            figure(
+                f"6-sd-b{batch}",
+                f"SD v1.4 {profile} {side}x{side} {steps} steps, {dtype_name(dtype)} + SDPA, batch {batch}, {name}",
+                eager,
+                "s",
+                details=sd,
+                busy=busy,
+            )
+        )
         if f"compile_b{batch}_s" in sd:
             compiled = best(sd[f"compile_b{batch}_s"])
-            figures.append(figure(f"6-sdc-b{batch}", f"... + torch.compile (max-autotune), batch {batch}", compiled, "s",
-                                  details={"speedup": eager / compiled}, busy=busy,
-                                  note=f"{eager / compiled:.2f}x over SDPA alone"))
+            figures.append(
+                figure(
+                    f"6-sdc-b{batch}",
+                    f"... + torch.compile (max-autotune), batch {batch}",
+                    compiled,
+                    "s",
+                    details={"speedup": eager / compiled},
+                    busy=busy,
+                    note=f"{eager / compiled:.2f}x over SDPA alone",
+                )
+            )
     for batch in batches:
-        figures.append(figure(f"6-sam-b{batch}", f"SAM {'ViT-H' if not tiny else 'tiny'} image encoder, batch {batch}, {name}",
-                              best(sam[f"b{batch}_ms_per_image"]), "ms/image", details=sam, busy=busy))
-    figures.append(figure("6-clip", f"CLIP {'ViT-B/32' if not tiny else 'tiny'} image tower, batch {clip['batch']}, {name}",
-                          max(clip["images_per_s"]), "images/s", details=clip, busy=busy))
+        figures.append(
+            figure(
+                f"6-sam-b{batch}",
+                f"SAM {'ViT-H' if not tiny else 'tiny'} image encoder, batch {batch}, {name}",
+                best(sam[f"b{batch}_ms_per_image"]),
+                "ms/image",
+                details=sam,
+                busy=busy,
+            )
+        )
+    figures.append(
+        figure(
+            "6-clip",
+            f"CLIP {'ViT-B/32' if not tiny else 'tiny'} image tower, batch {clip['batch']}, {name}",
+            max(clip["images_per_s"]),
+            "images/s",
+            details=clip,
+            busy=busy,
+        )
+    )
     return figures
 
 
@@ -177,16 +223,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="arch", choices=["tiny", "arch", "pretrained"])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU anyway (with --profile tiny: a check of this script)")
-    parser.add_argument("--compile-on-cpu", action="store_true", help="with --allow-cpu: also the torch.compile path (slow)")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="run on the CPU anyway (with --profile tiny: a check of this script)"
+    )
+    parser.add_argument(
+        "--compile-on-cpu", action="store_true", help="with --allow-cpu: also the torch.compile path (slow)"
+    )
     args = parser.parse_args(argv)
     print("Published anchors (diffusers' 'Accelerated PyTorch 2.0' guide):")
     for what, value in ANCHORS:
         print(f"  {what}: {value}")
     available, reason = cuda_available()
     if not available and not args.allow_cpu:
-        print(f"\ngpu.py: {reason}. Nothing measured; run this on a machine with a CUDA GPU "
-              f"(after `make setup` with a CUDA build of torch and `scripts/build_models.sh --profile arch`).")
+        print(
+            f"\ngpu.py: {reason}. Nothing measured; run this on a machine with a CUDA GPU "
+            f"(after `make setup` with a CUDA build of torch and `scripts/build_models.sh --profile arch`)."
+        )
         return 0
     figures = run(quick=args.quick, profile=args.profile, allow_cpu=args.allow_cpu, compile_on_cpu=args.compile_on_cpu)
     print()

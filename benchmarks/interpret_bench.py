@@ -17,6 +17,7 @@ I2. Throughput at 1 and 8 requests in flight (closed loop): requests/s and p50/p
 
 Figures, not tests: printed, and written to benchmarks/results/interpret_<profile>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,10 +61,16 @@ def direct_calls(caller: bl.Caller, body: dict[str, Any], canny: Any) -> dict[st
     with ThreadPoolExecutor(len(PRIORS) + 1) as pool:
         started = time.perf_counter()
         caption = pool.submit(caller.ok, "/predictions/caption", {"image": request.image})
-        analyzers = {name: pool.submit(caller.ok, f"/predictions/{name}", {"image": request.image})
-                     for name in ("depth", "pose")}
-        edges = encode_png(canny(decode_image(request.image, SETTINGS.limits), SETTINGS.canny.low_threshold,
-                                 SETTINGS.canny.high_threshold))
+        analyzers = {
+            name: pool.submit(caller.ok, f"/predictions/{name}", {"image": request.image}) for name in ("depth", "pose")
+        }
+        edges = encode_png(
+            canny(
+                decode_image(request.image, SETTINGS.limits),
+                SETTINGS.canny.low_threshold,
+                SETTINGS.canny.high_threshold,
+            )
+        )
         priors = {name: {"control_image": future.result()["control_image"]} for name, future in analyzers.items()}
         priors["canny"] = {"control_image": edges}
         text = caption.result()["caption"]
@@ -102,7 +109,7 @@ def overhead(server, profile: str, repetitions: int) -> list[Figure]:
     latencies: list[float] = []
     within: list[float] = []
     for r in range(repetitions):
-        for side_name in (("interpret", "direct") if r % 2 == 0 else ("direct", "interpret")):
+        for side_name in ("interpret", "direct") if r % 2 == 0 else ("direct", "interpret"):
             log(f"interpret overhead {profile}: repetition {r + 1}/{repetitions}: {side_name}")
             if side_name == "direct":
                 direct.append(direct_calls(caller, interpret_body(profile, next(seed)), canny_edges))
@@ -113,17 +120,34 @@ def overhead(server, profile: str, repetitions: int) -> list[Figure]:
     busy = watch.stop()
     latency = bl.median(latencies)
     critical = bl.median([d["critical_path"] for d in direct])
-    details = {"interpret_latency_s": latencies, "direct_phases_s": direct, "within_request": within,
-               "repetitions": repetitions, "request": describe(profile)}
+    details = {
+        "interpret_latency_s": latencies,
+        "direct_phases_s": direct,
+        "within_request": within,
+        "repetitions": repetitions,
+        "request": describe(profile),
+    }
     return [
-        figure(f"I1{'' if profile == 'tiny' else '-arch'}",
-               f"interpret overhead, {profile} (interpret / critical path of its model calls made directly)",
-               latency / critical, "x", "<= 1.10", busy=busy, details=details,
-               note=f"{latency:.2f} s vs {critical:.2f} s, medians of {repetitions}; {describe(profile)}"),
-        figure(f"I1{'' if profile == 'tiny' else '-arch'}-same",
-               f"interpret overhead, {profile}, within each request (latency / its own stage calls' critical path)",
-               bl.median(within), "x", "<= 1.10", busy=busy, details=details,
-               note="the stage calls are the same REST calls, timed by the interpreter in the same request"),
+        figure(
+            f"I1{'' if profile == 'tiny' else '-arch'}",
+            f"interpret overhead, {profile} (interpret / critical path of its model calls made directly)",
+            latency / critical,
+            "x",
+            "<= 1.10",
+            busy=busy,
+            details=details,
+            note=f"{latency:.2f} s vs {critical:.2f} s, medians of {repetitions}; {describe(profile)}",
+        ),
+        figure(
+            f"I1{'' if profile == 'tiny' else '-arch'}-same",
+            f"interpret overhead, {profile}, within each request (latency / its own stage calls' critical path)",
+            bl.median(within),
+            "x",
+            "<= 1.10",
+            busy=busy,
+            details=details,
+            note="the stage calls are the same REST calls, timed by the interpreter in the same request",
+        ),
     ]
 
 
@@ -135,24 +159,38 @@ def throughput(server, profile: str, plan: dict[int, int]) -> list[Figure]:
         log(f"interpret throughput {profile}: {total} requests, {concurrency} in flight")
         bodies = [interpret_body(profile, next(seed)) for _ in range(total)]
         watch = bl.CpuWatch()
-        load = bl.closed_loop(lambda i, sent=bodies: caller.ok("/predictions/interpret", sent[i]), concurrency,
-                              requests_total=total)
+        load = bl.closed_loop(
+            lambda i, sent=bodies: caller.ok("/predictions/interpret", sent[i]), concurrency, requests_total=total
+        )
         busy = watch.stop()
         rate = len(load.ends) / load.wall
         stats = bl.percentiles(load.latencies)
-        figures.append(figure(
-            f"I2{'a' if concurrency == 1 else 'b'}{'' if profile == 'tiny' else '-arch'}",
-            f"interpret throughput, {profile}, {concurrency} in flight", rate, "req/s", busy=busy,
-            details={"latency_s": stats, "errors": load.errors[:5], "requests": total, "request": describe(profile)},
-            note=f"p50 {stats.get('p50', 0):.2f} s, p99 {stats.get('p99', 0):.2f} s; "
-                 f"{rate * len(PRIORS) * SAMPLES:.2f} samples/s; {len(load.errors)} errors"))
+        figures.append(
+            figure(
+                f"I2{'a' if concurrency == 1 else 'b'}{'' if profile == 'tiny' else '-arch'}",
+                f"interpret throughput, {profile}, {concurrency} in flight",
+                rate,
+                "req/s",
+                busy=busy,
+                details={
+                    "latency_s": stats,
+                    "errors": load.errors[:5],
+                    "requests": total,
+                    "request": describe(profile),
+                },
+                note=f"p50 {stats.get('p50', 0):.2f} s, p99 {stats.get('p99', 0):.2f} s; "
+                f"{rate * len(PRIORS) * SAMPLES:.2f} samples/s; {len(load.errors)} errors",
+            )
+        )
     return figures
 
 
 def describe(profile: str) -> str:
     sd = f"sd {STEPS[profile]} steps"
-    return (f"{side(profile)}x{side(profile)} source, priors {'+'.join(PRIORS)}, each mode, {SAMPLES} samples per "
-            f"prior, {sd}")
+    return (
+        f"{side(profile)}x{side(profile)} source, priors {'+'.join(PRIORS)}, each mode, {SAMPLES} samples per "
+        f"prior, {sd}"
+    )
 
 
 SETTINGS: Any = None
@@ -188,8 +226,9 @@ def main() -> None:
         server.stop()
     for fig in figures:
         print(f"{fig.line()}\n       {fig.note}")
-    bl.write_json(bl.RESULTS / f"interpret_{profile}.json", {"machine": bl.machine(),
-                                                             "figures": [vars(f) for f in figures]})
+    bl.write_json(
+        bl.RESULTS / f"interpret_{profile}.json", {"machine": bl.machine(), "figures": [vars(f) for f in figures]}
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ seed's ``app.run()`` did. The stage functions and the response shape are the dep
 
 Run by benchmarks/pipeline_bench.py: ``python benchmarks/peer_flask.py --profile tiny --port N``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,14 @@ def handler_class(module_name: str) -> type:
     from handlers.common import BatchHandler
 
     module = importlib.import_module(f"handlers.{module_name}")
-    classes = [v for v in vars(module).values()
-               if isinstance(v, type) and issubclass(v, BatchHandler) and v is not BatchHandler
-               and v.__module__ == module.__name__]
+    classes = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, type)
+        and issubclass(v, BatchHandler)
+        and v is not BatchHandler
+        and v.__module__ == module.__name__
+    ]
     if len(classes) != 1:
         raise RuntimeError(f"handlers/{module_name}.py: expected one BatchHandler subclass, found {classes}")
     return classes[0]
@@ -60,11 +66,18 @@ def load_models(profile: str, models: tuple[str, ...]) -> dict[str, Any]:
 def make_app(handlers: dict[str, Any], profile: str, threads: int | None = None):
     import torch
     from flask import Flask, jsonify, request
+    from harness import model_config, run_batch
 
     from handlers.common import InputError, ServerError, load_settings
-    from harness import model_config, run_batch
-    from workflows.stages import (PipelineSettings, Stages, StageFailure, _assemble, _describe_regions, generate,
-                                  parse_request)
+    from workflows.stages import (
+        PipelineSettings,
+        StageFailure,
+        Stages,
+        _assemble,
+        _describe_regions,
+        generate,
+        parse_request,
+    )
 
     # the pipeline model's limits and stage timeouts, as the deployment uses them
     settings = load_settings(PipelineSettings, model_config("pipeline", profile)["handler"])

@@ -16,6 +16,7 @@ its image is new to sam's embedding cache. On ``arch`` sd is kept cheap: 2 denoi
    ``/predictions/pipeline`` (and ``/wfpredict/pipeline``), at 1 and 8 requests in flight:
    throughput and p50/p99 latency. Sides alternate so that other work on the machine hits both.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,8 @@ import threading
 import time
 from typing import Any
 
-import requests
-
 import benchlib as bl
+import requests
 from benchlib import Figure, figure, log
 
 TEXTS = ["a red bicycle", "a tree", "a cat", "a car", "a house"]
@@ -129,41 +129,76 @@ def overhead(deployment, seeds: Seeds, repetitions: int, endpoints: list[str]) -
         latency = bl.median(piped[name])
         # the same request's own stage calls (each a REST call to the model, timed by the pipeline):
         # immune to load changing between the pipeline and the direct calls
-        internal = bl.median([total / _stage_critical_path(t) for total, t in zip(piped[name], stage_timings[name])
-                              if _stage_critical_path(t)])
+        internal = bl.median(
+            [
+                total / _stage_critical_path(t)
+                for total, t in zip(piped[name], stage_timings[name])
+                if _stage_critical_path(t)
+            ]
+        )
         fid = f"3{'ab'[n] if profile == 'tiny' else 'cd'[n]}"
-        details = {"pipeline_latency_s": piped[name], "direct_calls_s": direct, "median_pipeline_s": latency,
-                   "median_direct_sum_s": direct_sum, "median_critical_path_s": critical,
-                   "vs_critical_path": latency / critical, "stage_timings_s": stage_timings[name],
-                   "same_request_vs_own_stage_critical_path": internal,
-                   "repetitions": repetitions, "request": _describe_request(profile)}
-        figures.append(figure(
-            fid, f"pipeline overhead, {profile}, {ENDPOINTS[name]} (pipeline / sum of direct calls)",
-            latency / direct_sum, "x", "<= 1.10", busy=busy, details=details,
-            note=(f"{latency:.2f} s vs {direct_sum:.2f} s, medians of {repetitions}; the direct calls' critical path "
-                  f"(clip alongside sam, as the pipeline runs them) {critical:.2f} s: {latency / critical:.2f}x")))
+        details = {
+            "pipeline_latency_s": piped[name],
+            "direct_calls_s": direct,
+            "median_pipeline_s": latency,
+            "median_direct_sum_s": direct_sum,
+            "median_critical_path_s": critical,
+            "vs_critical_path": latency / critical,
+            "stage_timings_s": stage_timings[name],
+            "same_request_vs_own_stage_critical_path": internal,
+            "repetitions": repetitions,
+            "request": _describe_request(profile),
+        }
+        figures.append(
+            figure(
+                fid,
+                f"pipeline overhead, {profile}, {ENDPOINTS[name]} (pipeline / sum of direct calls)",
+                latency / direct_sum,
+                "x",
+                "<= 1.10",
+                busy=busy,
+                details=details,
+                note=(
+                    f"{latency:.2f} s vs {direct_sum:.2f} s, medians of {repetitions}; the direct calls' critical path "
+                    f"(clip alongside sam, as the pipeline runs them) {critical:.2f} s: {latency / critical:.2f}x"
+                ),
+            )
+        )
         if internal:
-            figures.append(figure(
-                f"{fid}-same", f"pipeline overhead, {profile}, {ENDPOINTS[name]}, within each request "
-                               f"(pipeline / its own stage calls' critical path)",
-                internal, "x", "<= 1.10", busy=busy, details=details,
-                note="the stage calls are the same REST calls to the models, timed by the pipeline in the same "
-                     "request: no load drift between the two sides"))
+            figures.append(
+                figure(
+                    f"{fid}-same",
+                    f"pipeline overhead, {profile}, {ENDPOINTS[name]}, within each request "
+                    f"(pipeline / its own stage calls' critical path)",
+                    internal,
+                    "x",
+                    "<= 1.10",
+                    busy=busy,
+                    details=details,
+                    note="the stage calls are the same REST calls to the models, timed by the pipeline in the same "
+                    "request: no load drift between the two sides",
+                )
+            )
     return figures
 
 
 def _stage_critical_path(timings: dict[str, float]) -> float | None:
     """generate, then concepts (clip) alongside segment (sam) -> describe_regions (clip)."""
     try:
-        return timings.get("generate", 0.0) + max(timings["concepts"], timings["segment"] + timings.get("describe_regions", 0.0))
+        return timings.get("generate", 0.0) + max(
+            timings["concepts"], timings["segment"] + timings.get("describe_regions", 0.0)
+        )
     except KeyError:
         return None
 
 
 def _describe_request(profile: str) -> str:
     gen = generation(profile)
-    sd = "sd at the handler's defaults (64x64, 25 steps)" if not gen else \
-        f"sd {gen['width']}x{gen['height']}, {gen['steps']} steps"
+    sd = (
+        "sd at the handler's defaults (64x64, 25 steps)"
+        if not gen
+        else f"sd {gen['width']}x{gen['height']}, {gen['steps']} steps"
+    )
     return f"prompt-in, {sd}, clip on {len(TEXTS)} texts, sam on 2 roi boxes, clip on the 2 regions"
 
 
@@ -181,7 +216,7 @@ class Peer:
         self.log_path = bl.WORK / f"peer-{profile}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 600) -> "Peer":
+    def start(self, timeout: float = 600) -> Peer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "w")
         command = [sys.executable, str(bl.BENCH / "peer_flask.py"), "--profile", self.profile, "--port", str(self.port)]
@@ -227,26 +262,36 @@ def peer_baseline(deployment, seeds: Seeds, plan: dict[int, int], endpoints: lis
         def peer_send(body: dict[str, Any]) -> None:
             if not hasattr(local, "session"):
                 local.session = requests.Session()
-            response = local.session.post(peer.url + "/pipeline", data=json.dumps(body),
-                                          headers={"Content-Type": "application/json"}, timeout=1800)
+            response = local.session.post(
+                peer.url + "/pipeline",
+                data=json.dumps(body),
+                headers={"Content-Type": "application/json"},
+                timeout=1800,
+            )
             if response.status_code != 200:
                 raise RuntimeError(f"peer -> HTTP {response.status_code}: {response.text[:300]}")
 
-        senders = {"peer": peer_send, **{name: (lambda body, p=ENDPOINTS[name]: caller.ok(p, body)) for name in endpoints}}
-        for name, send in senders.items():  # warm-up, one each
+        senders = {
+            "peer": peer_send,
+            **{name: (lambda body, p=ENDPOINTS[name]: caller.ok(p, body)) for name in endpoints},
+        }
+        for send in senders.values():  # warm-up, one each
             send(pipeline_body(profile, seeds()))
         peer_rss = peer.rss_mib()
         results: dict[str, dict[str, Any]] = {}
         watch = bl.CpuWatch()
         rounds = 2  # each side twice per concurrency, interleaved, half the requests each time
         for concurrency, total in plan.items():
-            pooled: dict[str, dict[str, Any]] = {name: {"done": 0, "wall": 0.0, "latencies": [], "errors": []}
-                                                 for name in senders}
+            pooled: dict[str, dict[str, Any]] = {
+                name: {"done": 0, "wall": 0.0, "latencies": [], "errors": []} for name in senders
+            }
             for r in range(rounds):
-                for name, send in (senders.items() if r % 2 == 0 else reversed(senders.items())):
+                for name, send in senders.items() if r % 2 == 0 else reversed(senders.items()):
                     count = total // rounds
-                    log(f"peer baseline {profile}: {name} at {concurrency} in flight ({count} requests, "
-                        f"round {r + 1}/{rounds})")
+                    log(
+                        f"peer baseline {profile}: {name} at {concurrency} in flight ({count} requests, "
+                        f"round {r + 1}/{rounds})"
+                    )
                     bodies = [pipeline_body(profile, seeds()) for _ in range(count)]
                     load = bl.closed_loop(lambda i: send(bodies[i]), concurrency, requests_total=count)
                     side_totals = pooled[name]
@@ -257,8 +302,11 @@ def peer_baseline(deployment, seeds: Seeds, plan: dict[int, int], endpoints: lis
             for name, side_totals in pooled.items():
                 results[f"{name}@{concurrency}"] = {
                     "throughput_rps": side_totals["done"] / side_totals["wall"],
-                    "latency_s": bl.percentiles(side_totals["latencies"]), "errors": side_totals["errors"][:5],
-                    "requests": total, "rounds": rounds}
+                    "latency_s": bl.percentiles(side_totals["latencies"]),
+                    "errors": side_totals["errors"][:5],
+                    "requests": total,
+                    "rounds": rounds,
+                }
         busy = watch.stop()
     finally:
         peer.stop()
@@ -268,14 +316,26 @@ def peer_baseline(deployment, seeds: Seeds, plan: dict[int, int], endpoints: lis
         theirs = results[f"peer@{concurrency}"]
         ratio = ours["throughput_rps"] / theirs["throughput_rps"] if theirs["throughput_rps"] else None
         note = "; ".join(
-            f"{name} {r['throughput_rps']:.2f} req/s p50 {r['latency_s'].get('p50', 0):.2f} s p99 {r['latency_s'].get('p99', 0):.2f} s"
-            for name, r in ((n, results[f"{n}@{concurrency}"]) for n in [*endpoints, "peer"]))
-        figures.append(figure(
-            f"4{'a' if concurrency == 1 else 'b'}{'' if profile == 'tiny' else '-arch'}",
-            f"peer baseline, {profile}, {concurrency} in flight: pipeline throughput, TorchServe / one Flask process",
-            ratio, "x", ">= 2" if concurrency == 8 else "", busy=busy,
-            details={"results": {k: v for k, v in results.items() if k.endswith(f"@{concurrency}")},
-                     "peer_rss_mib": peer_rss, "request": _describe_request(profile),
-                     "torch_threads": deployment.threads or "default"},
-            note=note + (f"; peer process RSS {peer_rss / 1024:.2f} GiB" if concurrency == 8 else "")))
+            f"{name} {r['throughput_rps']:.2f} req/s p50 {r['latency_s'].get('p50', 0):.2f} s "
+            f"p99 {r['latency_s'].get('p99', 0):.2f} s"
+            for name, r in ((n, results[f"{n}@{concurrency}"]) for n in [*endpoints, "peer"])
+        )
+        figures.append(
+            figure(
+                f"4{'a' if concurrency == 1 else 'b'}{'' if profile == 'tiny' else '-arch'}",
+                f"peer baseline, {profile}, {concurrency} in flight: pipeline throughput, "
+                "TorchServe / one Flask process",
+                ratio,
+                "x",
+                ">= 2" if concurrency == 8 else "",
+                busy=busy,
+                details={
+                    "results": {k: v for k, v in results.items() if k.endswith(f"@{concurrency}")},
+                    "peer_rss_mib": peer_rss,
+                    "request": _describe_request(profile),
+                    "torch_threads": deployment.threads or "default",
+                },
+                note=note + (f"; peer process RSS {peer_rss / 1024:.2f} GiB" if concurrency == 8 else ""),
+            )
+        )
     return figures

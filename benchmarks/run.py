@@ -12,6 +12,7 @@ the README). Figures are measured, never asserted: a goal not met is reported, w
 benchmarks/README.md. A figure taken while other processes used more than a quarter of a core is
 marked busy (see benchlib.CpuWatch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl  # noqa: E402
-from benchlib import Figure, log  # noqa: E402
+import benchlib as bl
+from benchlib import Figure, log
 
 SECTIONS = ("efficiency", "tiny", "arch", "gpu", "deployments", "caption")
 
@@ -82,8 +83,14 @@ def section_gpu(args) -> list[Figure]:
 
     available, reason = gpu.cuda_available()
     if not available:
-        return [bl.figure("6", "GPU figures (benchmarks/gpu.py)", None,
-                          note=f"not measured: {reason}; run `python benchmarks/gpu.py` on a CUDA machine")]
+        return [
+            bl.figure(
+                "6",
+                "GPU figures (benchmarks/gpu.py)",
+                None,
+                note=f"not measured: {reason}; run `python benchmarks/gpu.py` on a CUDA machine",
+            )
+        ]
     return gpu.run(quick=args.quick)
 
 
@@ -109,13 +116,24 @@ def markdown(figures: list[Figure], meta: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for f in sorted(figures, key=_order):
-        value = "n/a" if f.value is None else f"{f.value:.3g}{(' ' + f.unit) if f.unit and f.unit != 'x' else ('x' if f.unit == 'x' else '')}"
+        value = (
+            "n/a"
+            if f.value is None
+            else f"{f.value:.3g}{(' ' + f.unit) if f.unit and f.unit != 'x' else ('x' if f.unit == 'x' else '')}"
+        )
         met = {True: "yes", False: "**no**", None: ""}[f.met]
-        busy = f" *(machine busy: others used {f.busy['others_cores']} of {f.busy['cores']} cores)*" if f.busy.get("busy") else ""
+        busy = (
+            f" *(machine busy: others used {f.busy['others_cores']} of {f.busy['cores']} cores)*"
+            if f.busy.get("busy")
+            else ""
+        )
         note = (f.note + busy).replace("|", "\\|")
         lines.append(f"| {f.id} | {f.title} | {value} | {f.goal} | {met} | {note} |")
-    lines += ["", "Ratios are measured side by side in one run (alternating blocks); see benchmarks/README.md "
-              "for what each figure measures and why a goal is not met on this machine."]
+    lines += [
+        "",
+        "Ratios are measured side by side in one run (alternating blocks); see benchmarks/README.md "
+        "for what each figure measures and why a goal is not met on this machine.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -124,18 +142,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--smoke", action="store_true", help="tiny weights everywhere, minimal repetitions")
-    parser.add_argument("--peer-arch", action="store_true",
-                        help="also the peer baseline on arch (long, and ~22 GB of RAM: the peer holds a second copy)")
-    parser.add_argument("--workflow-arch", action="store_true", help="also /wfpredict/pipeline on arch (one more sam ViT-H run)")
-    parser.add_argument("--tiny-threads", type=int, default=1,
-                        help="torch intra-op threads per model on the tiny deployment and its peer (0: torch's default)")
+    parser.add_argument(
+        "--peer-arch",
+        action="store_true",
+        help="also the peer baseline on arch (long, and ~22 GB of RAM: the peer holds a second copy)",
+    )
+    parser.add_argument(
+        "--workflow-arch", action="store_true", help="also /wfpredict/pipeline on arch (one more sam ViT-H run)"
+    )
+    parser.add_argument(
+        "--tiny-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads per model on the tiny deployment and its peer (0: torch's default)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.quick = True
 
     started = time.perf_counter()
-    meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": bl.machine(), "quick": args.quick,
-            "smoke": args.smoke, "sections": args.only}
+    meta = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": bl.machine(),
+        "quick": args.quick,
+        "smoke": args.smoke,
+        "sections": args.only,
+    }
     log(f"benchmarks on {meta['machine']['cpu']} ({meta['machine']['cores']} cores): {', '.join(args.only)}")
     runners = {
         "efficiency": lambda: section_efficiency(args),
@@ -160,16 +192,20 @@ def main(argv: list[str] | None = None) -> int:
             found = [bl.figure(section, f"section {section} failed", None, note=failures[section][:300])]
         for fig in found:
             print(fig.line(), flush=True)
-        bl.write_json(bl.RESULTS / f"{section}.json",
-                      {"section": section, "seconds": time.perf_counter() - section_started, "figures": found, **meta})
+        bl.write_json(
+            bl.RESULTS / f"{section}.json",
+            {"section": section, "seconds": time.perf_counter() - section_started, "figures": found, **meta},
+        )
         figures += found
 
     meta["run_time_s"] = time.perf_counter() - started
     meta["failures"] = failures
     bl.write_json(bl.RESULTS / "latest.json", {**meta, "figures": figures})
     (bl.RESULTS / "latest.md").write_text(markdown(figures, meta))
-    print(f"\n=== {len(figures)} figures in {meta['run_time_s'] / 60:.1f} min "
-          f"({'machine: ' + meta['machine']['cpu']}, {meta['machine']['cores']} cores)")
+    print(
+        f"\n=== {len(figures)} figures in {meta['run_time_s'] / 60:.1f} min "
+        f"({'machine: ' + meta['machine']['cpu']}, {meta['machine']['cores']} cores)"
+    )
     for fig in figures:
         print(fig.line())
     print(f"results: {bl.RESULTS / 'latest.md'} and {bl.RESULTS}/*.json")

@@ -5,11 +5,20 @@ Both have the same endpoint methods (generate, concepts, segment, depth, pose, p
 imported on first use: it needs the generated stubs (``make setup``), which REST users and the
 pipeline's workers do not.
 """
+
 from .auth import KeyFile, is_grpc_token_refusal, is_token_refusal
 from .rest import ApiError, BaseClient, Client, encode_image
 
-__all__ = ["ApiError", "BaseClient", "Client", "GrpcClient", "KeyFile", "encode_image", "is_grpc_token_refusal",
-           "is_token_refusal"]
+__all__ = [
+    "ApiError",
+    "BaseClient",
+    "Client",
+    "GrpcClient",
+    "KeyFile",
+    "encode_image",
+    "is_grpc_token_refusal",
+    "is_token_refusal",
+]
 
 
 def __getattr__(name: str):

@@ -5,6 +5,7 @@ saves what a person wants to see in ``--out``: images, mask overlays with CLIP l
 colormaps, pose skeletons, and each JSON response. REST by default; ``--grpc`` calls TorchServe's
 gRPC APIs instead (every command but ``pipeline --workflow``, which has no gRPC call).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,15 @@ def _json_arg(value: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference address")
-    parser.add_argument("--management-url", default="http://127.0.0.1:8081",
-                        help="management address (over gRPC too: token rotation is REST-only)")
+    parser.add_argument(
+        "--management-url",
+        default="http://127.0.0.1:8081",
+        help="management address (over gRPC too: token rotation is REST-only)",
+    )
     parser.add_argument("--grpc", action="store_true", help="use TorchServe's gRPC APIs instead of REST")
     parser.add_argument("--grpc-host", default="127.0.0.1")
     parser.add_argument("--grpc-inference-port", type=int, default=7070)
@@ -46,13 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--height", type=int)
     generate.add_argument("--negative-prompt")
     generate.add_argument("--stream", action="store_true", help="show denoising progress")
-    generate.add_argument("--model-version", help="one of sd's versions (a fine-tune: scripts/deploy_version.sh); "
-                                                  "default: the default version")
-    generate.add_argument("--control", action="append", default=[], metavar="TYPE=FILE",
-                          help="a ControlNet control image (depth, pose or canny), e.g. depth=depth_control.png; "
-                               "repeat for several")
-    generate.add_argument("--control-scale", action="append", default=[], metavar="TYPE=SCALE",
-                          help="that control's conditioning scale (0-2), e.g. depth=0.8")
+    generate.add_argument(
+        "--model-version",
+        help="one of sd's versions (a fine-tune: scripts/deploy_version.sh); default: the default version",
+    )
+    generate.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="TYPE=FILE",
+        help="a ControlNet control image (depth, pose or canny), e.g. depth=depth_control.png; repeat for several",
+    )
+    generate.add_argument(
+        "--control-scale",
+        action="append",
+        default=[],
+        metavar="TYPE=SCALE",
+        help="that control's conditioning scale (0-2), e.g. depth=0.8",
+    )
 
     concepts = commands.add_parser("concepts", help="image + texts -> CLIP concept scores")
     _image_arg(concepts)
@@ -93,18 +109,32 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_argument("--stream", action="store_true", help="show each stage as it finishes")
     pipeline.add_argument("--name", default="pipeline", help="file name prefix in --out")
 
-    interpret = commands.add_parser("interpret",
-                                    help="image -> caption + priors -> new images from them, ranked by CLIP")
+    interpret = commands.add_parser(
+        "interpret", help="image -> caption + priors -> new images from them, ranked by CLIP"
+    )
     _image_arg(interpret)
     interpret.add_argument("--caption", help="use this caption instead of BLIP's (it is sd's prompt)")
     interpret.add_argument("--priors", nargs="+", choices=["depth", "pose", "canny"])
-    interpret.add_argument("--mode", choices=["each", "combined"],
-                           help="each: one ControlNet per prior; combined: all priors in one MultiControlNet")
+    interpret.add_argument(
+        "--mode",
+        choices=["each", "combined"],
+        help="each: one ControlNet per prior; combined: all priors in one MultiControlNet",
+    )
     interpret.add_argument("--samples", type=int, help="samples per prior (each) or in all (combined)")
-    interpret.add_argument("--scale", nargs="+", default=[], metavar="PRIOR=SCALE",
-                           help="ControlNet conditioning scale per prior, e.g. depth=0.8")
-    interpret.add_argument("--prior-image", nargs="+", default=[], metavar="PRIOR=FILE",
-                           help="use this control image for a prior instead of computing it")
+    interpret.add_argument(
+        "--scale",
+        nargs="+",
+        default=[],
+        metavar="PRIOR=SCALE",
+        help="ControlNet conditioning scale per prior, e.g. depth=0.8",
+    )
+    interpret.add_argument(
+        "--prior-image",
+        nargs="+",
+        default=[],
+        metavar="PRIOR=FILE",
+        help="use this control image for a prior instead of computing it",
+    )
     interpret.add_argument("--seed", type=int)
     interpret.add_argument("--steps", type=int, help="denoising steps of each generation")
     interpret.add_argument("--width", type=int)
@@ -144,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.grpc:
         from .grpc_client import GrpcClient
 
-        client = GrpcClient(args.grpc_host, args.grpc_inference_port, args.grpc_management_port,
-                            key_file=args.key_file, management_url=args.management_url)
+        client = GrpcClient(
+            args.grpc_host,
+            args.grpc_inference_port,
+            args.grpc_management_port,
+            key_file=args.key_file,
+            management_url=args.management_url,
+        )
     else:
         client = Client(args.url, args.management_url, key_file=args.key_file)
     try:
@@ -163,8 +198,17 @@ def _progress(text: str) -> None:
 def _run(client: BaseClient, args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.command == "generate":
-        options = {k: v for k, v in {"seed": args.seed, "steps": args.steps, "width": args.width, "height": args.height,
-                                     "negative_prompt": args.negative_prompt}.items() if v is not None}
+        options = {
+            k: v
+            for k, v in {
+                "seed": args.seed,
+                "steps": args.steps,
+                "width": args.width,
+                "height": args.height,
+                "negative_prompt": args.negative_prompt,
+            }.items()
+            if v is not None
+        }
         if args.control:
             from .rest import control_entries
 
@@ -179,8 +223,11 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
             print("error: --control-scale needs a --control of the same type", file=sys.stderr)
             return 2
         if args.stream:
-            result = _follow(client.generate_stream(args.prompt, version=args.model_version, **options), "step",
-                             lambda e: f"denoising step {e['step']}/{e['steps']}")
+            result = _follow(
+                client.generate_stream(args.prompt, version=args.model_version, **options),
+                "step",
+                lambda e: f"denoising step {e['step']}/{e['steps']}",
+            )
             if result is None:
                 return 1
         else:
@@ -193,8 +240,7 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         save_json(result, out / "generate.json")
     elif args.command == "concepts":
         result = client.concepts(args.image, args.texts, args.roi)
-        print(f"{result['max_confidence_concept']} "
-              f"({max(result['confidence_scores']):.3f})")
+        print(f"{result['max_confidence_concept']} ({max(result['confidence_scores']):.3f})")
         print(save_json(result, _mkdir(out) / "concepts.json"))
     elif args.command == "segment":
         result = client.segment(args.image, roi=args.roi, points=args.points, point_labels=args.point_labels)
@@ -229,12 +275,25 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         if (args.prompt is None) == (args.image is None):
             print("error: give a prompt or --image, not both", file=sys.stderr)
             return 2
-        options = {k: v for k, v in {"texts": args.texts, "roi": args.roi, "priors": args.priors,
-                                     "seed": args.seed, "steps": args.steps, "width": args.width,
-                                     "height": args.height}.items() if v is not None}
+        options = {
+            k: v
+            for k, v in {
+                "texts": args.texts,
+                "roi": args.roi,
+                "priors": args.priors,
+                "seed": args.seed,
+                "steps": args.steps,
+                "width": args.width,
+                "height": args.height,
+            }.items()
+            if v is not None
+        }
         if args.stream:
-            result = _follow(client.pipeline_stream(prompt=args.prompt, image=args.image, **options), "stage",
-                             lambda e: f"stage {e['stage']} done")
+            result = _follow(
+                client.pipeline_stream(prompt=args.prompt, image=args.image, **options),
+                "stage",
+                lambda e: f"stage {e['stage']} done",
+            )
             if result is None:
                 return 1
         else:
@@ -242,16 +301,28 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         for path in save_pipeline(result, out, args.name):
             print(path)
     elif args.command == "interpret":
-        options = {k: v for k, v in {"caption": args.caption, "priors": args.priors, "mode": args.mode,
-                                     "samples": args.samples, "seed": args.seed, "steps": args.steps,
-                                     "width": args.width, "height": args.height}.items() if v is not None}
+        options = {
+            k: v
+            for k, v in {
+                "caption": args.caption,
+                "priors": args.priors,
+                "mode": args.mode,
+                "samples": args.samples,
+                "seed": args.seed,
+                "steps": args.steps,
+                "width": args.width,
+                "height": args.height,
+            }.items()
+            if v is not None
+        }
         if args.scale:
             options["scales"] = {prior: float(value) for prior, value in _pairs(args.scale, "--scale")}
         if args.prior_image:
             options["prior_images"] = {prior: Path(path) for prior, path in _pairs(args.prior_image, "--prior-image")}
         if args.stream:
-            result = _follow(client.interpret_stream(args.image, **options), "stage",
-                             lambda e: f"stage {e['stage']} done")
+            result = _follow(
+                client.interpret_stream(args.image, **options), "stage", lambda e: f"stage {e['stage']} done"
+            )
             if result is None:
                 return 1
         else:
@@ -261,20 +332,31 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         caption = result["caption"]
         print(f"caption{' (edited)' if caption['edited'] else ''}: {caption['text']}")
         best = result["samples"][result["best"]]
-        print(f"best: sample {result['best']} ({'+'.join(best['priors'])}, seed {best['seed']}): "
-              f"caption {best['scores']['caption']:.3f}, source {best['scores']['source']:.3f}")
+        print(
+            f"best: sample {result['best']} ({'+'.join(best['priors'])}, seed {best['seed']}): "
+            f"caption {best['scores']['caption']:.3f}, source {best['scores']['source']:.3f}"
+        )
         for path in save_interpret(result, Image.open(args.image), out, args.name):
             print(path)
     elif args.command == "upscale":
-        options = {k: v for k, v in {"prompt": args.prompt, "steps": args.steps, "noise_level": args.noise_level,
-                                     "seed": args.seed}.items() if v is not None}
+        options = {
+            k: v
+            for k, v in {
+                "prompt": args.prompt,
+                "steps": args.steps,
+                "noise_level": args.noise_level,
+                "seed": args.seed,
+            }.items()
+            if v is not None
+        }
         result = client.upscale(args.image, **options)
         path = _mkdir(out) / f"{args.image.stem}_x4.png"
         b64_image(result["image"]).save(path)
         print(path)
     elif args.command == "interpolate":
-        options = {k: v for k, v in {"steps": args.steps, "width": args.width, "height": args.height}.items()
-                   if v is not None}
+        options = {
+            k: v for k, v in {"steps": args.steps, "width": args.width, "height": args.height}.items() if v is not None
+        }
         result = client.interpolate(args.seeds, args.frames, args.prompts, **options)
         frames = [b64_image(image).convert("RGB") for image in result["images"]]
         _mkdir(out)

@@ -1,4 +1,5 @@
 """TorchServe's key file: the tokens a caller sends, re-read when they are rotated."""
+
 from __future__ import annotations
 
 import json
@@ -38,10 +39,12 @@ def is_grpc_token_refusal(error: BaseException) -> bool:
     if not callable(code):
         return False
     name = getattr(code(), "name", "")
-    details = error.details() if callable(getattr(error, "details", None)) else ""
+    details_of = getattr(error, "details", None)
+    details = details_of() if callable(details_of) else ""
     if name == "UNAUTHENTICATED":
         return True
     return name == "PERMISSION_DENIED" and GRPC_TOKEN_REFUSAL in (details or "")
+
 
 class KeyFile:
     """Tokens from ``key_file.json``; :meth:`refresh` re-reads it and, holding the API key, rotates."""
@@ -67,8 +70,12 @@ class KeyFile:
             api_key = ((self._keys or {}).get("API") or {}).get("key")
             if current == stale and api_key and self.management_url and kind in ("inference", "management"):
                 # TorchServe rewrites key_file.json with the new token
-                requests.get(f"{self.management_url}/token", params={"type": kind},
-                             headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+                requests.get(
+                    f"{self.management_url}/token",
+                    params={"type": kind},
+                    headers={"Authorization": f"Bearer {api_key}"},
+                    timeout=10,
+                )
                 self._keys = self._read()
 
     def _read(self) -> dict[str, Any] | None:

@@ -1,5 +1,6 @@
 """Streamed answers arrive as JSON objects back to back (TorchServe's chunked HTTP, or one or more per
 gRPC message); :class:`JsonStream` splits them, whatever the chunk boundaries."""
+
 from __future__ import annotations
 
 import codecs

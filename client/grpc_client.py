@@ -15,12 +15,14 @@ generated from the installed TorchServe's protos by ``scripts/gen_grpc_stubs.sh`
   (``HTTP_STATUS``), or taken from a JSON error in its details when there is one.
 - There is no gRPC workflow call: ``pipeline(workflow=True)`` raises NotImplementedError; use REST.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -33,16 +35,30 @@ try:
 
     from .stubs import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 except ImportError as exc:  # pragma: no cover - depends on the checkout's state
-    raise ImportError(f"the gRPC stubs are missing or stale ({exc}): run 'make setup' or "
-                      "scripts/gen_grpc_stubs.sh to generate client/stubs/") from exc
+    raise ImportError(
+        f"the gRPC stubs are missing or stale ({exc}): run 'make setup' or "
+        "scripts/gen_grpc_stubs.sh to generate client/stubs/"
+    ) from exc
 
 # gRPC status -> the HTTP status TorchServe would have answered over REST (when the details carry
 # no handler error with its own code)
 HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "ABORTED": 409,
-    "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "UNKNOWN": 500, "INTERNAL": 500, "DATA_LOSS": 500,
-    "UNIMPLEMENTED": 501, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INTERNAL": 500,
+    "DATA_LOSS": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 
 # responses carry masks, depth maps and generated images: no client-side cap (the server has one)
@@ -54,9 +70,16 @@ class GrpcClient(BaseClient):
 
     transport = "gRPC"
 
-    def __init__(self, host: str = "127.0.0.1", inference_port: int = 7070, management_port: int = 7071,
-                 key_file: Path | str | None = None, management_url: str | None = None,
-                 token: str | None = None, timeout: float = 600):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        inference_port: int = 7070,
+        management_port: int = 7071,
+        key_file: Path | str | None = None,
+        management_url: str | None = None,
+        token: str | None = None,
+        timeout: float = 600,
+    ):
         self.host = host
         # rotating an expired token needs TorchServe's REST management API (no gRPC equivalent)
         self.management_url = (management_url or f"http://{host}:8081").rstrip("/")
@@ -72,7 +95,7 @@ class GrpcClient(BaseClient):
         self._inference_channel.close()
         self._management_channel.close()
 
-    def __enter__(self) -> "GrpcClient":
+    def __enter__(self) -> GrpcClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -96,18 +119,22 @@ class GrpcClient(BaseClient):
                 self.keys.refresh(kind, token)
         raise AssertionError("unreachable")
 
-    def call(self, kind: str, method: Callable[..., Any], request: Any, where: str,
-             timeout: float | None = None) -> Any:
+    def call(
+        self, kind: str, method: Callable[..., Any], request: Any, where: str, timeout: float | None = None
+    ) -> Any:
         """A unary call, retried once after a token refusal."""
         try:
             return self._with_token_retry(
-                kind, lambda metadata: method(request, metadata=metadata, timeout=timeout or self.timeout))
+                kind, lambda metadata: method(request, metadata=metadata, timeout=timeout or self.timeout)
+            )
         except grpc.RpcError as error:
             raise api_error(error, where) from None
 
-    def call_stream(self, kind: str, method: Callable[..., Any], request: Any, where: str,
-                    timeout: float | None = None) -> Iterator[Any]:
+    def call_stream(
+        self, kind: str, method: Callable[..., Any], request: Any, where: str, timeout: float | None = None
+    ) -> Iterator[Any]:
         """A server-streaming call; a refusal arrives with the first message, so that one is retried."""
+
         def start(metadata: list[tuple[str, str]]) -> tuple[Any, Any]:
             responses = method(request, metadata=metadata, timeout=timeout or self.timeout)
             return responses, next(responses, None)
@@ -127,8 +154,9 @@ class GrpcClient(BaseClient):
             responses.cancel()  # a consumer that stops early ends the call (no-op once it is done)
 
     # --- inference ------------------------------------------------------------------------------
-    def predict(self, model: str, body: dict[str, Any] | None = None, raw: bytes | None = None,
-                timeout: float | None = None) -> Any:
+    def predict(
+        self, model: str, body: dict[str, Any] | None = None, raw: bytes | None = None, timeout: float | None = None
+    ) -> Any:
         request = _predictions_request(model, body, raw)
         reply = self.call("inference", self.inference.Predictions, request, f"Predictions({model})", timeout)
         return _check_and_decode(reply, f"Predictions({model})")
@@ -149,20 +177,28 @@ class GrpcClient(BaseClient):
 
     # --- management -----------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
-        reply = self.call("management", self.management.ListModels,
-                          management_pb2.ListModelsRequest(limit=1000), "ListModels")
+        reply = self.call(
+            "management", self.management.ListModels, management_pb2.ListModelsRequest(limit=1000), "ListModels"
+        )
         return json.loads(reply.msg)["models"]
 
     def describe(self, model: str) -> dict[str, Any]:
-        reply = self.call("management", self.management.DescribeModel,
-                          management_pb2.DescribeModelRequest(model_name=model), f"DescribeModel({model})")
+        reply = self.call(
+            "management",
+            self.management.DescribeModel,
+            management_pb2.DescribeModelRequest(model_name=model),
+            f"DescribeModel({model})",
+        )
         return json.loads(reply.msg)[0]
 
     def scale(self, model: str, min_workers: int, max_workers: int | None = None) -> dict[str, Any]:
         """ScaleWorker, synchronous: returns once the workers are up (or gone)."""
         request = management_pb2.ScaleWorkerRequest(
-            model_name=model, min_worker=min_workers,
-            max_worker=max_workers if max_workers is not None else min_workers, synchronous=True)
+            model_name=model,
+            min_worker=min_workers,
+            max_worker=max_workers if max_workers is not None else min_workers,
+            synchronous=True,
+        )
         reply = self.call("management", self.management.ScaleWorker, request, f"ScaleWorker({model})")
         return _json_or_text(reply.msg, "status")
 
@@ -196,9 +232,14 @@ def raise_in_band_error(value: Any, where: str) -> None:
     """TorchServe 0.12 answers a handler's 4xx/5xx over gRPC with status OK and the error as the
     prediction (GRPCJob.response ignores the status code): such a body is raised as the REST client
     would, with the handler's code as ``status``."""
-    if (isinstance(value, dict) and isinstance(value.get("code"), int) and 400 <= value["code"] <= 599
-            and isinstance(value.get("message"), str) and "type" in value
-            and set(value) <= {"request_id", "code", "type", "message"}):
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("code"), int)
+        and 400 <= value["code"] <= 599
+        and isinstance(value.get("message"), str)
+        and "type" in value
+        and set(value) <= {"request_id", "code", "type", "message"}
+    ):
         raise ApiError(value["code"], value, where, grpc_code="OK")
 
 
@@ -214,9 +255,14 @@ def api_error(error: grpc.RpcError, where: str) -> ApiError:
 # TorchServe appends the Java exception's class to a status description ("Model not found: x\n
 # org.pytorch.serve.archive.model.ModelNotFoundException"); it says what REST would have answered
 _EXCEPTION_LINE = re.compile(r"\n?\s*((?:org\.pytorch|java)\.[\w.$]*(?:Exception|Error))\s*$")
-EXCEPTION_STATUS = {"ModelNotFoundException": 404, "ModelVersionNotFoundException": 404,
-                    "BadRequestException": 400, "ConflictStatusException": 409,
-                    "RequestTimeoutException": 408, "ServiceUnavailableException": 503}
+EXCEPTION_STATUS = {
+    "ModelNotFoundException": 404,
+    "ModelVersionNotFoundException": 404,
+    "BadRequestException": 400,
+    "ConflictStatusException": 409,
+    "RequestTimeoutException": 408,
+    "ServiceUnavailableException": 503,
+}
 
 
 def _error_body(details: str) -> dict[str, Any]:
@@ -231,7 +277,7 @@ def _error_body(details: str) -> dict[str, Any]:
             pass
     match = _EXCEPTION_LINE.search(details)
     if match:
-        return {"type": match.group(1).rsplit(".", 1)[-1], "message": details[:match.start()].strip()}
+        return {"type": match.group(1).rsplit(".", 1)[-1], "message": details[: match.start()].strip()}
     return {"message": details.strip()}
 
 

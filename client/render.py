@@ -1,4 +1,5 @@
 """Turn responses into pictures a person wants to look at, and save them with the JSON."""
+
 from __future__ import annotations
 
 import base64
@@ -10,16 +11,33 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+]
 
 
 def b64_image(text: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(text)))
 
 
-def overlay_masks(image: Image.Image, masks: list[str], labels: list[str] | None = None,
-                  boxes: list[list[float]] | None = None, alpha: float = 0.45) -> Image.Image:
+def overlay_masks(
+    image: Image.Image,
+    masks: list[str],
+    labels: list[str] | None = None,
+    boxes: list[list[float]] | None = None,
+    alpha: float = 0.45,
+) -> Image.Image:
     """Each mask tinted in its own colour over the image, its label at its box's corner."""
     canvas = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
     for i, mask_b64 in enumerate(masks):
@@ -40,6 +58,8 @@ def save_pipeline(result: dict[str, Any], out: Path, name: str = "pipeline") -> 
     out.mkdir(parents=True, exist_ok=True)
     saved = []
     image_b64 = result.get("generated_image") or result.get("image")
+    if not isinstance(image_b64, str):
+        raise ValueError("a pipeline result has a generated_image or an image")
     image = b64_image(image_b64).convert("RGB")
     saved.append(_save(image, out / f"{name}_image.png"))
     segmentation = result.get("segmentation") or result.get("basic_segmentation") or {}
@@ -79,8 +99,9 @@ def contact_sheet(result: dict[str, Any], source: Image.Image, tile: int = 192, 
     under them, then the samples in rank order, each labelled with its rank, priors, seed and scores."""
     font = _font(max(11, tile // 16))
     line = font.size + 4 if hasattr(font, "size") else 15
-    top = [("source", source)] + [(prior, b64_image(answer["control_image"]))
-                                  for prior, answer in result["priors"].items()]
+    top = [("source", source)] + [
+        (prior, b64_image(answer["control_image"])) for prior, answer in result["priors"].items()
+    ]
     ranked = sorted(result["samples"], key=lambda s: s["rank"])
     columns = max(columns, len(top))
     sample_rows = -(-len(ranked) // columns)
@@ -104,8 +125,11 @@ def contact_sheet(result: dict[str, Any], source: Image.Image, tile: int = 192, 
         sheet.paste(_thumbnail(b64_image(sample["image"]), tile), (x, row_y))
         scores = sample["scores"]
         colour = (120, 230, 120) if sample["rank"] == 0 else (235, 235, 235)
-        lines = (f"#{sample['rank']} {'+'.join(sample['priors'])} seed {sample['seed']}",
-                 f"caption {scores['caption']:.3f}", f"source {scores['source']:.3f}")
+        lines = (
+            f"#{sample['rank']} {'+'.join(sample['priors'])} seed {sample['seed']}",
+            f"caption {scores['caption']:.3f}",
+            f"source {scores['source']:.3f}",
+        )
         for n, text in enumerate(lines):
             draw.text((x + 4, row_y + tile + 2 + n * line), text, fill=colour, font=font)
     return sheet

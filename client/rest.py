@@ -4,12 +4,14 @@
 ``models``, ``describe``, ``scale``); :class:`Client` implements them over TorchServe's REST APIs,
 ``client.grpc_client.GrpcClient`` over its gRPC APIs.
 """
+
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 from PIL import Image
@@ -63,8 +65,9 @@ class BaseClient:
     transport = "no transport"
 
     # --- what a transport implements ------------------------------------------------------------
-    def predict(self, model: str, body: dict[str, Any] | None = None, raw: bytes | None = None,
-                timeout: float | None = None) -> dict[str, Any]:
+    def predict(
+        self, model: str, body: dict[str, Any] | None = None, raw: bytes | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         """One prediction: a JSON ``body`` or a ``raw`` body (an image's bytes). ``model`` is a name
         (its default version) or ``name/version`` (one version, e.g. a fine-tune: :func:`versioned`)."""
         raise NotImplementedError
@@ -74,8 +77,10 @@ class BaseClient:
         raise NotImplementedError
 
     def workflow_predict(self, workflow: str, body: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError(f"TorchServe has no workflow call over {self.transport}: "
-                                  "use the REST client (client.Client) for pipeline(workflow=True)")
+        raise NotImplementedError(
+            f"TorchServe has no workflow call over {self.transport}: "
+            "use the REST client (client.Client) for pipeline(workflow=True)"
+        )
 
     def ping(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -95,12 +100,15 @@ class BaseClient:
         (see :func:`control_entries`). ``version``: one of sd's versions (scripts/deploy_version.sh)."""
         return self.predict(versioned("sd", version), _generate_body(prompt, options))
 
-    def generate_stream(self, prompt: str | list[str], version: str | None = None,
-                        **options: Any) -> Iterator[dict[str, Any]]:
+    def generate_stream(
+        self, prompt: str | list[str], version: str | None = None, **options: Any
+    ) -> Iterator[dict[str, Any]]:
         """``{"step", "steps"}`` after each denoising step, then the result :meth:`generate` gives."""
         return self.stream(versioned("sd", version), _generate_body(prompt, options))
 
-    def concepts(self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None) -> dict[str, Any]:
+    def concepts(
+        self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None
+    ) -> dict[str, Any]:
         return self.predict("clip", _drop_none({"image": encode_image(image), "texts": texts, "roi": roi}))
 
     def segment(self, image: ImageInput, **prompts: Any) -> dict[str, Any]:
@@ -112,42 +120,64 @@ class BaseClient:
     def pose(self, image: ImageInput, roi: list[list[float]] | None = None) -> dict[str, Any]:
         return self.predict("pose", _drop_none({"image": encode_image(image), "roi": roi}))
 
-    def caption(self, image: ImageInput, prompt: str | None = None, max_new_tokens: int | None = None,
-                num_beams: int | None = None) -> dict[str, Any]:
+    def caption(
+        self,
+        image: ImageInput,
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+    ) -> dict[str, Any]:
         """``{"caption", "model"}``; with ``prompt`` the caption continues it (and starts with it)."""
-        return self.predict("caption", _drop_none({"image": encode_image(image), "prompt": prompt,
-                                                   "max_new_tokens": max_new_tokens, "num_beams": num_beams}))
+        return self.predict(
+            "caption",
+            _drop_none(
+                {
+                    "image": encode_image(image),
+                    "prompt": prompt,
+                    "max_new_tokens": max_new_tokens,
+                    "num_beams": num_beams,
+                }
+            ),
+        )
 
     def upscale(self, image: ImageInput, prompt: str | None = None, **options: Any) -> dict[str, Any]:
         """``{"image", "seed", "model"}``: ``image`` 4x larger; ``options``: steps, guidance_scale,
         noise_level, seed, tile."""
         return self.predict("upscale", _drop_none({"image": encode_image(image), "prompt": prompt, **options}))
 
-    def interpolate(self, seeds: tuple[int, int] | list[int], frames: int,
-                    prompts: tuple[str, str] | list[str] | None = None, **options: Any) -> dict[str, Any]:
+    def interpolate(
+        self,
+        seeds: tuple[int, int] | list[int],
+        frames: int,
+        prompts: tuple[str, str] | list[str] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """sd's ``interpolate``: ``images`` holds ``frames`` frames from ``seeds[0]`` (``prompts[0]``) to
         ``seeds[1]`` (``prompts[1]``); ``options``: sd's other fields (control, steps, width, ...)."""
-        interpolate = _drop_none({"seeds": list(seeds), "prompts": list(prompts) if prompts else None,
-                                  "frames": frames})
+        interpolate = _drop_none(
+            {"seeds": list(seeds), "prompts": list(prompts) if prompts else None, "frames": frames}
+        )
         body = _generate_body("", options)
         del body["prompt"]  # the prompts are interpolate's
         return self.predict("sd", {**body, "interpolate": interpolate})
 
-    def pipeline(self, prompt: str | None = None, image: ImageInput | None = None, workflow: bool = False,
-                 **options: Any) -> dict[str, Any]:
+    def pipeline(
+        self, prompt: str | None = None, image: ImageInput | None = None, workflow: bool = False, **options: Any
+    ) -> dict[str, Any]:
         """The whole pipeline: the ``pipeline`` model (default) or the ``pipeline`` workflow (REST only)."""
         body = _pipeline_body(prompt, image, options)
         if workflow:
             return self.workflow_predict("pipeline", body)
         return self.predict("pipeline", body)
 
-    def pipeline_stream(self, prompt: str | None = None, image: ImageInput | None = None,
-                        **options: Any) -> Iterator[dict[str, Any]]:
+    def pipeline_stream(
+        self, prompt: str | None = None, image: ImageInput | None = None, **options: Any
+    ) -> Iterator[dict[str, Any]]:
         """``{"stage", "result"}`` as each stage finishes, then the response :meth:`pipeline` gives."""
         return self.stream("pipeline", _pipeline_body(prompt, image, options))
 
     def interpret(self, image: ImageInput, **options: Any) -> dict[str, Any]:
-        """The interpreter (DESIGN.md §12): the image's caption and priors, new images generated from
+        """The interpreter: the image's caption and priors, new images generated from
         them, ranked by CLIP. ``options``: ``caption`` (replaces the generated one), ``priors``,
         ``mode``, ``samples``, ``scales``, ``prior_images`` ({type: image}, each any :data:`ImageInput`),
         ``seed`` and sd's generation fields."""
@@ -163,8 +193,14 @@ class Client(BaseClient):
 
     transport = "REST"
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", management_url: str = "http://127.0.0.1:8081",
-                 key_file: Path | str | None = None, token: str | None = None, timeout: float = 600):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        management_url: str = "http://127.0.0.1:8081",
+        key_file: Path | str | None = None,
+        token: str | None = None,
+        timeout: float = 600,
+    ):
         self.url = url.rstrip("/")
         self.management_url = management_url.rstrip("/")
         self.keys = KeyFile(key_file, self.management_url)
@@ -197,8 +233,9 @@ class Client(BaseClient):
             raise ApiError(response.status_code, body, path)
         return body
 
-    def predict(self, model: str, body: dict[str, Any] | None = None, raw: bytes | None = None,
-                timeout: float | None = None) -> dict[str, Any]:
+    def predict(
+        self, model: str, body: dict[str, Any] | None = None, raw: bytes | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         extra = {"timeout": timeout} if timeout else {}
         if raw is not None:
             return self.call("inference", "POST", f"/predictions/{model}", data=raw, **extra)
@@ -227,8 +264,12 @@ class Client(BaseClient):
         return self.call("management", "GET", f"/models/{model}")[0]
 
     def scale(self, model: str, min_workers: int, max_workers: int | None = None) -> dict[str, Any]:
-        return self.call("management", "PUT", f"/models/{model}", params={
-            "min_worker": min_workers, "max_worker": max_workers or min_workers, "synchronous": "true"})
+        return self.call(
+            "management",
+            "PUT",
+            f"/models/{model}",
+            params={"min_worker": min_workers, "max_worker": max_workers or min_workers, "synchronous": "true"},
+        )
 
 
 def _body(response: requests.Response) -> Any:
@@ -238,7 +279,9 @@ def _body(response: requests.Response) -> Any:
         return response.text
 
 
-def control_entries(images: dict[str, ImageInput], scales: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def control_entries(
+    images: Mapping[str, ImageInput], scales: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
     """sd's ``control`` field from ``{type: control image}`` (and optional ``{type: scale}``), in that order.
 
     A control image is what the type's ControlNet expects: ``depth``'s and ``pose``'s
@@ -247,15 +290,21 @@ def control_entries(images: dict[str, ImageInput], scales: dict[str, float] | No
     unknown = sorted(set(scales or {}) - set(images))
     if unknown:
         raise ValueError(f"a scale for {', '.join(unknown)} without a control image of that type")
-    return [_drop_none({"type": kind, "image": encode_image(image), "scale": (scales or {}).get(kind)})
-            for kind, image in images.items()]
+    return [
+        _drop_none({"type": kind, "image": encode_image(image), "scale": (scales or {}).get(kind)})
+        for kind, image in images.items()
+    ]
 
 
 def _generate_body(prompt: str | list[str], options: dict[str, Any]) -> dict[str, Any]:
     control = options.get("control")
     if control:
-        options = {**options, "control": [{**entry, "image": encode_image(entry["image"])} if "image" in entry
-                                          else entry for entry in control]}
+        options = {
+            **options,
+            "control": [
+                {**entry, "image": encode_image(entry["image"])} if "image" in entry else entry for entry in control
+            ],
+        }
     return {"prompt": prompt, **options}
 
 

@@ -17,6 +17,7 @@ drops only the last column, the longest prompt's [SEP], so a shorter prompt's ro
 its own [SEP] and pads). Inside a group the inputs are identical in shape, so a caption is the same
 alone or batched (tested).
 """
+
 from __future__ import annotations
 
 from typing import Any, cast
@@ -50,8 +51,9 @@ class Captioner(BatchHandler):
     def load(self, context: Any) -> None:
         path = weights_dir(context)
         # the PIL image processor, named explicitly: BLIP's default one imports torchvision
-        self.processor = BlipProcessor(image_processor=BlipImageProcessorPil.from_pretrained(path),
-                                       tokenizer=BertTokenizer.from_pretrained(path))
+        self.processor = BlipProcessor(
+            image_processor=BlipImageProcessorPil.from_pretrained(path), tokenizer=BertTokenizer.from_pretrained(path)
+        )
         self.model = BlipForConditionalGeneration.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.max_positions = int(self.model.config.text_config.max_position_embeddings)
         self.generate_calls = 0  # observable in tests: one per group of requests
@@ -61,15 +63,22 @@ class Captioner(BatchHandler):
         limits, settings = self.settings.limits, self.settings
         image = decode_image(require(payload, "image"), limits)
         prompt = get_str(payload, "prompt", max_len=limits.max_prompt_length)
-        max_new_tokens = cast(int, get_int(payload, "max_new_tokens", default=settings.max_new_tokens, minimum=1,
-                                           maximum=limits.max_new_tokens))
+        max_new_tokens = cast(
+            int,
+            get_int(
+                payload, "max_new_tokens", default=settings.max_new_tokens, minimum=1, maximum=limits.max_new_tokens
+            ),
+        )
         num_beams = get_int(payload, "num_beams", default=settings.num_beams, minimum=1, maximum=limits.max_num_beams)
         if prompt is not None:
             # the decoder holds the prompt ([DEC] + its tokens) and the new tokens in its positions
             start = len(self.processor.tokenizer(prompt).input_ids) - 1
             if start + max_new_tokens > self.max_positions:
-                raise InputError("prompt", f"is {start - 1} tokens; with max_new_tokens {max_new_tokens} that is over "
-                                           f"the model's {self.max_positions} positions")
+                raise InputError(
+                    "prompt",
+                    f"is {start - 1} tokens; with max_new_tokens {max_new_tokens} that is over "
+                    f"the model's {self.max_positions} positions",
+                )
         return {"image": image, "prompt": prompt, "max_new_tokens": max_new_tokens, "num_beams": num_beams}
 
     def infer(self, requests: list[dict[str, Any]], batch: Batch) -> list[Result]:
@@ -90,8 +99,11 @@ class Captioner(BatchHandler):
         """One ``generate`` for requests that share ``prompt``, ``max_new_tokens`` and ``num_beams``."""
         first = group[0]
         prompt = first["prompt"]
-        inputs = self.processor(images=[request["image"] for request in group],
-                                text=None if prompt is None else [prompt] * len(group), return_tensors="pt")
+        inputs = self.processor(
+            images=[request["image"] for request in group],
+            text=None if prompt is None else [prompt] * len(group),
+            return_tensors="pt",
+        )
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         tokens = self.model.generate(**inputs, max_new_tokens=first["max_new_tokens"], num_beams=first["num_beams"])

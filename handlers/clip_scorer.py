@@ -12,6 +12,7 @@ Two request forms:
 A batch of requests is one image forward (every image, ``roi`` crop and reference image of every
 request together) and one text forward (the union of the batch's texts not already cached).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -72,8 +73,12 @@ class ClipScorer(BatchHandler):
         limits = self.settings.limits
         for other in ("image", "roi"):
             if payload.get(other) is not None:
-                raise InputError(other, "give either 'image' (softmax scores) or 'images' (raw cosine similarities), "
-                                        "not both" if other == "image" else "only applies to the single 'image' form")
+                raise InputError(
+                    other,
+                    "give either 'image' (softmax scores) or 'images' (raw cosine similarities), not both"
+                    if other == "image"
+                    else "only applies to the single 'image' form",
+                )
         values = payload["images"]
         if not isinstance(values, list):
             raise InputError("images", f"must be a list of base64-encoded PNG or JPEG strings, got {json_type(values)}")
@@ -83,8 +88,11 @@ class ClipScorer(BatchHandler):
             raise LimitError("images", f"has {len(values)} images; the limit is {limits.max_images}")
         images = [decode_image(value, limits, field=f"images[{i}]") for i, value in enumerate(values)]
         reference = payload.get("reference_image")
-        return {"images": images, "texts": texts or self.default_concepts,
-                "reference": None if reference is None else decode_image(reference, limits, field="reference_image")}
+        return {
+            "images": images,
+            "texts": texts or self.default_concepts,
+            "reference": None if reference is None else decode_image(reference, limits, field="reference_image"),
+        }
 
     @torch.inference_mode()
     def infer(self, requests: list[dict[str, Any]], batch: Batch) -> list[Result]:
@@ -99,7 +107,7 @@ class ClipScorer(BatchHandler):
             texts = request["texts"]
             concepts = torch.stack([text_embeds[t] for t in texts])
             count = len(_request_images(request))
-            embeds = image_embeds[row:row + count]
+            embeds = image_embeds[row : row + count]
             row += count
             if "images" in request:
                 results.append(_similarities(texts, embeds, concepts, request["reference"] is not None))
@@ -146,15 +154,20 @@ def _request_images(request: dict[str, Any]) -> list[Any]:
     return [request["image"], *(crop(request["image"], box) for box in request["roi"])]
 
 
-def _similarities(texts: list[str], embeds: torch.Tensor, concepts: torch.Tensor,
-                  with_reference: bool) -> dict[str, Any]:
+def _similarities(
+    texts: list[str], embeds: torch.Tensor, concepts: torch.Tensor, with_reference: bool
+) -> dict[str, Any]:
     """Raw cosines (the embeddings are unit vectors): each image against each text and the reference."""
     samples = embeds[:-1] if with_reference else embeds
     text_cosines = (samples @ concepts.T).tolist()
     reference_cosines = (samples @ embeds[-1]).tolist() if with_reference else None
-    return {"texts": texts, "similarities": [
-        {"texts": row, **({"reference": reference_cosines[i]} if with_reference else {})}
-        for i, row in enumerate(text_cosines)]}
+    return {
+        "texts": texts,
+        "similarities": [
+            {"texts": row, **({"reference": reference_cosines[i]} if reference_cosines is not None else {})}
+            for i, row in enumerate(text_cosines)
+        ],
+    }
 
 
 def _scores(texts: list[str], probs: list[float]) -> dict[str, Any]:

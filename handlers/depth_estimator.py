@@ -13,6 +13,7 @@ and ``control_image`` an 8-bit grayscale PNG of it with near = white (its own ra
 ``kind`` says what the values are: Depth Anything's relative head and DPT predict relative inverse
 depth (larger is nearer, no unit); a metric Depth Anything predicts depth in metres.
 """
+
 from __future__ import annotations
 
 import time
@@ -59,7 +60,7 @@ class DepthEstimator(BatchHandler):
         """The square the whole batch is resized to, a multiple of the processor's ``ensure_multiple_of``."""
         multiple = int(getattr(self.processor, "ensure_multiple_of", 1) or 1)
         if configured:
-            side = max(multiple, int(round(configured / multiple)) * multiple)
+            side = max(multiple, round(configured / multiple) * multiple)
             return {"height": side, "width": side}
         size = self.processor.size
         height, width = size.get("height"), size.get("width")

@@ -1,4 +1,4 @@
-"""``interpret``: a picture -> its priors -> new images generated from them, ranked by CLIP (DESIGN.md §12).
+"""``interpret``: a picture -> its priors -> new images generated from them, ranked by CLIP.
 
 A light model like ``pipeline`` (no weights): it runs the stage functions of workflows/interpret.py,
 which call ``caption``, ``depth``, ``pose``, ``sd`` (with ``control``) and ``clip`` through the

@@ -5,6 +5,7 @@ They live here, not in the handler modules, because TorchServe's loader refuses 
 that defines more than one class. Every value is written in the yaml; these classes give only types
 and bounds (handlers/common/settings.py says why).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -34,7 +35,7 @@ class DepthSettings(HandlerSettings):
 
 
 class PoseLimits(ImageLimits):
-    max_rois: int = Field(ge=0)    # boxes a request may send in `roi`
+    max_rois: int = Field(ge=0)  # boxes a request may send in `roi`
     max_people: int = Field(ge=1)  # detections kept per image
 
 
@@ -54,7 +55,7 @@ class AutomaticSettings(Settings):
 
     points_per_side: int = Field(ge=1)
     points_per_batch: int = Field(ge=1)
-    pred_iou_thresh: float       # <= 0: no filter
+    pred_iou_thresh: float  # <= 0: no filter
     stability_score_thresh: float  # <= 0: no filter
     stability_score_offset: float
     box_nms_thresh: float = Field(ge=0, le=1)
@@ -77,27 +78,27 @@ class SamSettings(HandlerSettings):
     limits: SamLimits
 
 
-# The control types the `sd` handler knows (DESIGN §11); the yaml's control.types picks which to load
+# The control types the `sd` handler knows; the yaml's control.types picks which to load
 ControlType = Literal["depth", "pose", "canny"]
 
 
-class SdLimits(ImageLimits):               # max_image_side / max_image_pixels: each control image
-    max_prompts: int = Field(ge=1)         # prompts (= images) per request
-    max_prompt_length: int = Field(ge=1)   # characters per prompt / negative prompt
+class SdLimits(ImageLimits):  # max_image_side / max_image_pixels: each control image
+    max_prompts: int = Field(ge=1)  # prompts (= images) per request
+    max_prompt_length: int = Field(ge=1)  # characters per prompt / negative prompt
     min_side: int = Field(ge=8)
     max_side: int = Field(ge=8)
     max_pixels: int = Field(ge=64)
     max_steps: int = Field(ge=1)
     max_guidance_scale: float = Field(ge=0)
-    max_controls: int = Field(ge=1)        # entries of `control`
+    max_controls: int = Field(ge=1)  # entries of `control`
     max_control_scale: float = Field(ge=0)
-    max_frames: int = Field(ge=2)          # images of one `interpolate` request
+    max_frames: int = Field(ge=2)  # images of one `interpolate` request
 
 
 class SdControlSettings(Settings):
     """ControlNets to load (``<weights>/controlnet/<type>/``) and a control entry's defaults."""
 
-    types: list[ControlType]               # a listed type whose folder is absent is skipped, with a warning
+    types: list[ControlType]  # a listed type whose folder is absent is skipped, with a warning
     scale: float = Field(ge=0)
     start: float = Field(ge=0, le=1)
     end: float = Field(ge=0, le=1)
@@ -112,17 +113,17 @@ class SdControlSettings(Settings):
 
 
 class SdSettings(HandlerSettings):
-    model_name: str                        # the response's `model`
-    width: int | None                      # null: the weights' native size
+    model_name: str  # the response's `model`
+    width: int | None  # null: the weights' native size
     height: int | None
     steps: int
     guidance_scale: float
     scheduler: str
     negative_prompt: str
     exact_seeds: bool | Literal["auto"]
-    compile_unet: bool | dict[str, Any]    # torch.compile options, or true for the defaults
-    warmup: bool                           # one generation at load (always, when compile_unet is on)
-    adapter: str | None                    # a LoRA adapter directory inside the archive (deploy_version.sh)
+    compile_unet: bool | dict[str, Any]  # torch.compile options, or true for the defaults
+    warmup: bool  # one generation at load (always, when compile_unet is on)
+    adapter: str | None  # a LoRA adapter directory inside the archive (deploy_version.sh)
     control: SdControlSettings
     limits: SdLimits
 
@@ -141,8 +142,8 @@ class CaptionLimits(ImageLimits):
 
 class CaptionSettings(HandlerSettings):
     model_name: str = Field(min_length=1)  # the response's `model`
-    max_new_tokens: int = Field(ge=1)      # a request's default
-    num_beams: int = Field(ge=1)           # a request's default
+    max_new_tokens: int = Field(ge=1)  # a request's default
+    num_beams: int = Field(ge=1)  # a request's default
     limits: CaptionLimits
 
     @model_validator(mode="after")
@@ -155,25 +156,25 @@ class CaptionSettings(HandlerSettings):
 
 
 # --- upscale ------------------------------------------------------------------------------------
-class UpscaleLimits(ImageLimits):          # max_image_side / max_image_pixels: the input, from its header
+class UpscaleLimits(ImageLimits):  # max_image_side / max_image_pixels: the input, from its header
     max_output_pixels: int = Field(ge=16)  # (4 x width) x (4 x height): what bounds the response's PNG
     max_prompt_length: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     max_guidance_scale: float = Field(ge=0)
-    max_noise_level: int = Field(ge=0)     # never over the pipeline's own max_noise_level (checked at load)
-    min_tile: int = Field(ge=8)            # px of input, a request's `tile`
+    max_noise_level: int = Field(ge=0)  # never over the pipeline's own max_noise_level (checked at load)
+    min_tile: int = Field(ge=8)  # px of input, a request's `tile`
     max_tile: int = Field(ge=8)
 
 
 class UpscaleSettings(HandlerSettings):
     model_name: str = Field(min_length=1)  # the response's `model`
-    prompt: str                            # defaults for the fields a request leaves out
+    prompt: str  # defaults for the fields a request leaves out
     negative_prompt: str
     steps: int = Field(ge=1)
     guidance_scale: float = Field(ge=0)
     noise_level: int = Field(ge=0)
-    tile: int = Field(ge=8)                # input px per tile side; an image that fits one tile is not split
-    tile_overlap: int = Field(ge=1)        # input px shared by neighbouring tiles, blended across
+    tile: int = Field(ge=8)  # input px per tile side; an image that fits one tile is not split
+    tile_overlap: int = Field(ge=1)  # input px shared by neighbouring tiles, blended across
     max_tiles_per_call: int = Field(ge=1)  # tiles of one pipeline call (memory: latents and decoded tiles)
     exact_seeds: bool | Literal["auto"]
     limits: UpscaleLimits

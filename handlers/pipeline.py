@@ -6,6 +6,7 @@ a bad request with a real 4xx, works over gRPC ``Predictions``, and with ``"stre
 each stage's result as it finishes. The five models are called through the inference API, so
 pipeline traffic shares their batching queues and workers.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +31,9 @@ class Pipeline(BatchHandler):
         return parse_request(payload, self.settings)
 
     def infer(self, requests: list[PipelineRequest], batch: Batch) -> list[Result]:
-        futures = [self.requests_pool.submit(self._run, request, batch, position)
-                   for position, request in enumerate(requests)]
+        futures = [
+            self.requests_pool.submit(self._run, request, batch, position) for position, request in enumerate(requests)
+        ]
         return [future.result() for future in futures]
 
     def _run(self, request: PipelineRequest, batch: Batch, position: int) -> Result:

@@ -13,6 +13,7 @@ pixels, clipped to the image; ``overlay`` is the image with boxes and the skelet
 handlers/common/openpose.py), what ``sd``'s pose ControlNet takes; it is left out for weights whose
 keypoints are not COCO-17.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,12 +72,13 @@ class PoseEstimator(BatchHandler):
         self.overlay_max_side = settings.overlay_max_side
         self.max_people = settings.limits.max_people
         self.max_rois = settings.limits.max_rois
-        self.detector = self.detector_processor = None
-        self.detector_unavailable = "the detector is turned off (handler.use_detector: false)"
+        self.detector: Any = None
+        self.detector_processor: Any = None
+        self.detector_unavailable: str | None = "the detector is turned off (handler.use_detector: false)"
         if settings.use_detector:
             self._load_detector(root / "detector", settings.person_label)
         self.detector_forwards = 0  # observable in tests: at most one per batch
-        self.pose_forwards = 0      # exactly one per batch with a valid request
+        self.pose_forwards = 0  # exactly one per batch with a valid request
 
     def _load_detector(self, path, person_label: str) -> None:
         """The detector is optional: without it every request that has no ``roi`` gets the whole image."""
@@ -84,8 +86,9 @@ class PoseEstimator(BatchHandler):
             processor = AutoImageProcessor.from_pretrained(path)
             model = AutoModelForObjectDetection.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         except Exception as exc:  # missing directory, unreadable weights: serve on, say so per request
-            logger.warning("pose: no person detector (%s: %s); requests without roi use the whole image",
-                           type(exc).__name__, exc)
+            logger.warning(
+                "pose: no person detector (%s: %s); requests without roi use the whole image", type(exc).__name__, exc
+            )
             self.detector_unavailable = f"no person detector could be loaded from {path.name}/"
             return
         ids = [int(i) for i, name in model.config.id2label.items() if str(name).lower() == person_label.lower()]
@@ -151,8 +154,14 @@ class PoseEstimator(BatchHandler):
         found = []
         for image, scores, image_boxes in zip(images, person_scores, boxes):
             people = self.person_boxes(scores, image_boxes, image.size)
-            reason = None if people else (f"the detector found no person scoring above {self.detector_threshold}"
-                                          f" in a box at least {self.min_box_side:g} px on each side")
+            reason = (
+                None
+                if people
+                else (
+                    f"the detector found no person scoring above {self.detector_threshold}"
+                    f" in a box at least {self.min_box_side:g} px on each side"
+                )
+            )
             found.append((people, reason))
         return found
 
@@ -179,9 +188,12 @@ class PoseEstimator(BatchHandler):
         scores, boxes = scores[keep], boxes[keep].copy()
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        big = ((boxes[:, 2] - boxes[:, 0]) >= min(self.min_box_side, width)) & \
-              ((boxes[:, 3] - boxes[:, 1]) >= min(self.min_box_side, height)) & \
-              (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        big = (
+            ((boxes[:, 2] - boxes[:, 0]) >= min(self.min_box_side, width))
+            & ((boxes[:, 3] - boxes[:, 1]) >= min(self.min_box_side, height))
+            & (boxes[:, 2] > boxes[:, 0])
+            & (boxes[:, 3] > boxes[:, 1])
+        )
         boxes, scores = boxes[big], scores[big]
         chosen = box_nms(torch.as_tensor(boxes), torch.as_tensor(scores), self.nms_iou)[: self.max_people].tolist()
         return [{"box": [round(float(v), 2) for v in boxes[i]], "score": round(float(scores[i]), 4)} for i in chosen]
@@ -209,18 +221,33 @@ class PoseEstimator(BatchHandler):
                 xy[:, 0] = xy[:, 0].clip(0, max(width - 1, 0))
                 xy[:, 1] = xy[:, 1].clip(0, max(height - 1, 0))
                 score = np.nan_to_num(pose["scores"].numpy().astype(np.float64).reshape(-1), nan=0.0)
-                keypoints.append([[round(x, 2), round(y, 2), round(s, 4)]
-                                  for (x, y), s in zip(xy.tolist(), score.tolist())])
+                keypoints.append(
+                    [[round(x, 2), round(y, 2), round(s, 4)] for (x, y), s in zip(xy.tolist(), score.tolist())]
+                )
         return keypoints
 
     def respond(self, image, people: list[dict[str, Any]], source: dict[str, Any]) -> dict[str, Any]:
         canvas, scale = fit_within(image, self.overlay_max_side)
-        overlay = draw_pose(canvas, people, threshold=self.keypoint_threshold, scale=scale, skeleton=self.skeleton,
-                            names=self.keypoint_names)
-        ordered = [{"box": p["box"], **({"score": p["score"]} if "score" in p else {}), "keypoints": p["keypoints"]}
-                   for p in people]
-        result = {"people": ordered, "keypoint_names": self.keypoint_names, **source,
-                  "width": image.width, "height": image.height, "overlay": encode_png(overlay)}
+        overlay = draw_pose(
+            canvas,
+            people,
+            threshold=self.keypoint_threshold,
+            scale=scale,
+            skeleton=self.skeleton,
+            names=self.keypoint_names,
+        )
+        ordered = [
+            {"box": p["box"], **({"score": p["score"]} if "score" in p else {}), "keypoints": p["keypoints"]}
+            for p in people
+        ]
+        result = {
+            "people": ordered,
+            "keypoint_names": self.keypoint_names,
+            **source,
+            "width": image.width,
+            "height": image.height,
+            "overlay": encode_png(overlay),
+        }
         if self.skeleton == COCO_SKELETON:  # OpenPose's body is drawn from COCO-17 keypoints
             result["control_image"] = encode_png(draw_openpose(image.size, people, self.keypoint_threshold))
         return result

@@ -28,6 +28,7 @@ that is not in the embedding cache (an LRU keyed by the decoded pixels' hash); t
 and mask decoder then run per request. ``cache_hit`` is true when the request's embedding was
 already cached before its batch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,9 +96,12 @@ class Segmenter(BatchHandler):
         self.max_response_bytes = settings.limits.max_response_bytes
         self.worst_case_response = self.worst_case_response_bytes()
         if self.worst_case_response > self.max_response_bytes:
-            logger.warning("sam: a legal request could need %d response bytes, over max_response_bytes=%d; "
-                           "such responses are refused with a 413 (lower max_masks or the image limits)",
-                           self.worst_case_response, self.max_response_bytes)
+            logger.warning(
+                "sam: a legal request could need %d response bytes, over max_response_bytes=%d; "
+                "such responses are refused with a 413 (lower max_masks or the image limits)",
+                self.worst_case_response,
+                self.max_response_bytes,
+            )
 
         # observable in tests and benchmarks
         self.encoder_forwards = 0
@@ -107,8 +111,10 @@ class Segmenter(BatchHandler):
         """Strict bound on one response's size, for the image limits and ``max_masks``."""
         side, pixels = self.settings.limits.max_image_side, self.settings.limits.max_image_pixels
         other = max(1, min(side, pixels // side))
-        per_mask = max(encoded_size_bound(other, side, self.polygon_max_points),
-                       encoded_size_bound(side, other, self.polygon_max_points))
+        per_mask = max(
+            encoded_size_bound(other, side, self.polygon_max_points),
+            encoded_size_bound(side, other, self.polygon_max_points),
+        )
         return self.max_masks * per_mask + RESPONSE_OVERHEAD
 
     # --- requests ------------------------------------------------------------------------------
@@ -117,8 +123,9 @@ class Segmenter(BatchHandler):
         image = decode_image(require(payload, "image"), self.settings.limits)
         size = image.size
         if int(min(size) * self.input_side / max(size) + 0.5) < 1:  # the processor's rounding
-            raise InputError("image", f"is {size[0]}x{size[1]}: too elongated to resize to a longest side of "
-                                      f"{self.input_side}")
+            raise InputError(
+                "image", f"is {size[0]}x{size[1]}: too elongated to resize to a longest side of {self.input_side}"
+            )
         boxes = get_boxes(payload, "roi", image_size=size, max_items=self.max_boxes)
         points = get_points(payload, "points", image_size=size, max_items=self.max_points)
         labels = self._labels(payload, points)
@@ -127,13 +134,21 @@ class Segmenter(BatchHandler):
             prompts = len(boxes) if boxes else 1
             masks = prompts * (CANDIDATES if multimask else 1)
             if masks > self.max_masks:
-                raise LimitError("roi" if boxes else "multimask",
-                                 f"{prompts} prompt(s) x {CANDIDATES if multimask else 1} mask(s) = {masks} masks; "
-                                 f"the limit is {self.max_masks} per request")
+                raise LimitError(
+                    "roi" if boxes else "multimask",
+                    f"{prompts} prompt(s) x {CANDIDATES if multimask else 1} mask(s) = {masks} masks; "
+                    f"the limit is {self.max_masks} per request",
+                )
         key = hashlib.blake2b(image.tobytes(), digest_size=16, person=b"sam-embed")
         key.update(f"{size[0]}x{size[1]}".encode())
-        return {"image": image, "key": key.hexdigest(), "roi": boxes, "points": points, "labels": labels,
-                "multimask": multimask}
+        return {
+            "image": image,
+            "key": key.hexdigest(),
+            "roi": boxes,
+            "points": points,
+            "labels": labels,
+            "multimask": multimask,
+        }
 
     @staticmethod
     def _labels(payload: dict[str, Any], points: list[list[float]] | None) -> list[int] | None:
@@ -178,7 +193,9 @@ class Segmenter(BatchHandler):
         self.add_metric("EmbeddingCacheHits", sum(hits))
         return results
 
-    def image_embeddings(self, images: list, keys: list[str]) -> tuple[list[tuple[torch.Tensor, tuple[int, int]]], list[bool]]:
+    def image_embeddings(
+        self, images: list, keys: list[str]
+    ) -> tuple[list[tuple[torch.Tensor, tuple[int, int]]], list[bool]]:
         """(embedding (1, C, h, w), reshaped (h, w)) per image, and whether each was cached; the
         images not cached go through the image encoder together, in one forward."""
         hits = [key in self.cache for key in keys]
@@ -202,8 +219,9 @@ class Segmenter(BatchHandler):
             self.cache.popitem(last=False)
         return [found[key] for key in keys], hits
 
-    def segment_prompts(self, request: dict[str, Any], embedding: torch.Tensor, reshaped: tuple[int, int],
-                        original: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
+    def segment_prompts(
+        self, request: dict[str, Any], embedding: torch.Tensor, reshaped: tuple[int, int], original: tuple[int, int]
+    ) -> tuple[np.ndarray, list[float]]:
         """One mask per prompt (three with ``multimask``), prompt-major, at the input image's size."""
         scale = torch.tensor([reshaped[1] / original[1], reshaped[0] / original[0]], dtype=torch.float32)
         boxes = points = labels = None
@@ -215,18 +233,21 @@ class Segmenter(BatchHandler):
             coords = torch.tensor(request["points"], dtype=torch.float32) * scale
             points = coords[None, None].expand(1, prompts, -1, -1).contiguous()
             labels = torch.tensor(request["labels"], dtype=torch.long)[None, None].expand(1, prompts, -1).contiguous()
-        output = self.model(image_embeddings=embedding,
-                            input_boxes=None if boxes is None else boxes.to(self.device),
-                            input_points=None if points is None else points.to(self.device),
-                            input_labels=None if labels is None else labels.to(self.device),
-                            multimask_output=request["multimask"])
+        output = self.model(
+            image_embeddings=embedding,
+            input_boxes=None if boxes is None else boxes.to(self.device),
+            input_points=None if points is None else points.to(self.device),
+            input_labels=None if labels is None else labels.to(self.device),
+            multimask_output=request["multimask"],
+        )
         self.decoder_forwards += 1
         low_res = output.pred_masks[0].flatten(0, 1)  # (prompts * k, h, w)
         scores = output.iou_scores[0].flatten().float().tolist()
         return self.upscale(low_res, reshaped, original), scores
 
-    def segment_automatic(self, embedding: torch.Tensor, reshaped: tuple[int, int],
-                          original: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
+    def segment_automatic(
+        self, embedding: torch.Tensor, reshaped: tuple[int, int], original: tuple[int, int]
+    ) -> tuple[np.ndarray, list[float]]:
         cfg = self.settings.automatic
         side = cfg.points_per_side
         per_batch = cfg.points_per_batch
@@ -246,11 +267,12 @@ class Segmenter(BatchHandler):
         scores_kept: list[torch.Tensor] = []
         boxes_kept: list[torch.Tensor] = []
         for start in range(0, grid.shape[0], per_batch):
-            batch = grid[start:start + per_batch]
+            batch = grid[start : start + per_batch]
             points = batch[None, :, None, :].to(self.device)
             labels = torch.ones(points.shape[:3], dtype=torch.long, device=self.device)
-            output = self.model(image_embeddings=embedding, input_points=points, input_labels=labels,
-                                multimask_output=True)
+            output = self.model(
+                image_embeddings=embedding, input_points=points, input_labels=labels, multimask_output=True
+            )
             self.decoder_forwards += 1
             logits = output.pred_masks[0].flatten(0, 1).float()  # (n * 3, h, w), padded frame
             scores = output.iou_scores[0].flatten().float()
@@ -270,8 +292,9 @@ class Segmenter(BatchHandler):
             scores_kept.append(scores[keep])
             boxes_kept.append(boxes[keep])
             if sum(len(s) for s in scores_kept) > cap:
-                logits_kept, scores_kept, boxes_kept = _nms([torch.cat(logits_kept)], [torch.cat(scores_kept)],
-                                                            [torch.cat(boxes_kept)], cfg.box_nms_thresh, cap)
+                logits_kept, scores_kept, boxes_kept = _nms(
+                    [torch.cat(logits_kept)], [torch.cat(scores_kept)], [torch.cat(boxes_kept)], cfg.box_nms_thresh, cap
+                )
         if not scores_kept or sum(len(s) for s in scores_kept) == 0:
             return np.zeros((0, *original), dtype=bool), []
         logits, scores, _ = _nms(logits_kept, scores_kept, boxes_kept, cfg.box_nms_thresh, max_masks)
@@ -283,7 +306,7 @@ class Segmenter(BatchHandler):
         out = []
         for chunk in low_res.split(4):
             masks = F.interpolate(chunk[:, None].float(), self.pad_size, mode="bilinear", align_corners=False)
-            masks = masks[..., :reshaped[0], :reshaped[1]]
+            masks = masks[..., : reshaped[0], : reshaped[1]]
             masks = F.interpolate(masks, original, mode="bilinear", align_corners=False)
             out.append((masks[:, 0] > self.mask_threshold).cpu())
         if not out:
@@ -292,30 +315,36 @@ class Segmenter(BatchHandler):
 
     # --- the response --------------------------------------------------------------------------
     def respond(self, masks: np.ndarray, scores: list[float], *, automatic: bool) -> dict[str, Any]:
-        encoded = [encode_mask(mask, epsilon=self.polygon_epsilon, max_points=self.polygon_max_points)
-                   for mask in masks]
+        encoded = [
+            encode_mask(mask, epsilon=self.polygon_epsilon, max_points=self.polygon_max_points) for mask in masks
+        ]
         sizes = [_json_size(item) for item in encoded]
         total = RESPONSE_OVERHEAD + sum(sizes)
         if total > self.max_response_bytes:
             if not automatic:
-                raise LimitError("image", f"the masks would take about {total} bytes, over the response limit of "
-                                          f"{self.max_response_bytes}: send a smaller image or fewer prompts", code=413)
+                raise LimitError(
+                    "image",
+                    f"the masks would take about {total} bytes, over the response limit of "
+                    f"{self.max_response_bytes}: send a smaller image or fewer prompts",
+                    code=413,
+                )
             while encoded and total > self.max_response_bytes:  # automatic: drop the weakest masks
                 total -= sizes.pop()
                 encoded.pop()
-                scores = scores[:len(encoded)]
+                scores = scores[: len(encoded)]
         return {
             "masks": [item["mask"] for item in encoded],
             "rle": [item["rle"] for item in encoded],
-            "iou_scores": [float(s) for s in scores[:len(encoded)]],
+            "iou_scores": [float(s) for s in scores[: len(encoded)]],
             "polygons": [item["polygon"] for item in encoded],
             "boxes": [item["box"] for item in encoded],
             "areas": [item["area"] for item in encoded],
         }
 
 
-def _nms(logits: list[torch.Tensor], scores: list[torch.Tensor], boxes: list[torch.Tensor], threshold: float,
-         limit: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+def _nms(
+    logits: list[torch.Tensor], scores: list[torch.Tensor], boxes: list[torch.Tensor], threshold: float, limit: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     all_logits, all_scores, all_boxes = torch.cat(logits), torch.cat(scores), torch.cat(boxes)
     keep = box_nms(all_boxes, all_scores, threshold)[:limit]
     return [all_logits[keep]], [all_scores[keep]], [all_boxes[keep]]
@@ -323,4 +352,4 @@ def _nms(logits: list[torch.Tensor], scores: list[torch.Tensor], boxes: list[tor
 
 def _json_size(item: dict[str, Any]) -> int:
     """An upper estimate of one encoded mask's bytes in the response JSON."""
-    return (len(item["mask"]) + len(item["rle"]["counts"]) + 12 * len(item["polygon"]) + 160)
+    return len(item["mask"]) + len(item["rle"]["counts"]) + 12 * len(item["polygon"]) + 160

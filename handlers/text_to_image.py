@@ -6,7 +6,7 @@ Request ``{"prompt": str | [str], "negative_prompt"?: str | [str], "width"?, "he
 gives K images seeded ``seed, seed+1, ...`` (mod 2**32; a random ``seed`` when none is sent), so
 resending ``seeds[0]`` reproduces the whole request and ``seeds[j]`` alone reproduces image j.
 
-Control (DESIGN §11): each ``control`` entry conditions the generation on an image through the
+Control: each ``control`` entry conditions the generation on an image through the
 ControlNet of its ``type`` (depth, pose or canny), loaded in this worker at start and sharing the
 pipeline's UNet, VAE and text encoder: a request with control runs in a
 ``StableDiffusionControlNetPipeline`` built over the same components (``MultiControlNetModel``

@@ -6,6 +6,7 @@ pretrained: real weights from the Hugging Face hub, through the local Hugging Fa
   (``HF_HUB_CACHE``): what the cache lacks is downloaded into it, then linked into place. With
   ``HF_HUB_OFFLINE=1`` nothing is downloaded: an air-gapped machine with a populated cache builds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,8 @@ def download(name: str, root: Path) -> None:
                 f"error: {repo_id} is not in the Hugging Face cache at {constants.HF_HUB_CACHE}{offline} and could "
                 f"not be downloaded ({type(exc).__name__}: {exc}).\n"
                 "The pretrained profile needs the hub, or a cache that already holds every repo it names "
-                "(scripts/profiles/*.py, PRETRAINED); use --profile tiny or arch without either.") from None
+                "(scripts/profiles/*.py, PRETRAINED); use --profile tiny or arch without either."
+            ) from None
         count = link_snapshot(snapshot, root / subdir)
         print(f"  {repo_id}: {count} files from {snapshot} -> {root / subdir}", flush=True)
 
@@ -62,10 +64,13 @@ def link_snapshot(snapshot: Path, target: Path) -> int:
     entries = sorted(path for path in snapshot.rglob("*") if path.is_file() or path.is_symlink())
     broken = [path for path in entries if not path.exists()]  # a snapshot's files are links into ../blobs
     if broken:
-        raise SystemExit(f"error: the cached snapshot {snapshot} is damaged: {broken[0]} points at a missing blob; "
-                         "delete the repo from the cache and build again")
-    names = list(filter_repo_objects([path.relative_to(snapshot).as_posix() for path in entries],
-                                     ignore_patterns=_IGNORED_FILES))
+        raise SystemExit(
+            f"error: the cached snapshot {snapshot} is damaged: {broken[0]} points at a missing blob; "
+            "delete the repo from the cache and build again"
+        )
+    names = list(
+        filter_repo_objects([path.relative_to(snapshot).as_posix() for path in entries], ignore_patterns=_IGNORED_FILES)
+    )
     if not names:
         raise SystemExit(f"error: the cached snapshot {snapshot} holds no usable files")
     for name in names:
@@ -82,10 +87,19 @@ def link_snapshot(snapshot: Path, target: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=PROFILES, required=True)
-    parser.add_argument("--models", nargs="+", choices=sorted(BUILDERS), default=list(BUILDERS),
-                        help="which models to build (default: all)")
-    parser.add_argument("--out", type=Path, default=REPO / "model_store" / "weights",
-                        help="weights root; each profile goes in <out>/<profile>/")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(BUILDERS),
+        default=list(BUILDERS),
+        help="which models to build (default: all)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "model_store" / "weights",
+        help="weights root; each profile goes in <out>/<profile>/",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild models that already exist")
     args = parser.parse_args(argv)
 

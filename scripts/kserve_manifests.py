@@ -20,6 +20,7 @@ registration script; KServe's (replicas, scale target, resources, GPUs) from its
 section. A model whose ``handler.weights`` is null (``pipeline``) calls the others: its pod gets their
 cluster URLs in ``MODEL_URLS`` and speaks their protocol (workflows/connect.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 WEIGHTS_ROOT = REPO / "model_store" / "weights"
 
 # Where KServe puts the storageUri's contents in the predictor pod, and what the kserve-torchserve
-# runtime (../shared/kserve/kserve-torchserve.yaml) passes TorchServe.
+# runtime passes TorchServe (KServe's kserve-torchserve ClusterServingRuntime).
 MOUNT = "/mnt/models"
 RUNTIME = "kserve-torchserve"
 # KServe sends a predictor's traffic to its container port 8080; the runtime's prometheus annotation
@@ -149,8 +150,12 @@ def archive(name: str, profile: str, store: Path, mount: str) -> str:
     """``model-store/<name>.mar`` with scripts/archive.sh, its weights_dir pointing into the pod's mount.
     Returns the archive's version (from its manifest)."""
     env = {**os.environ, "SERVED_WEIGHTS_ROOT": f"{mount}/weights"}
-    result = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", profile, "--store", str(store), name],
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(REPO / "scripts" / "archive.sh"), "--profile", profile, "--store", str(store), name],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise SystemExit(f"error: scripts/archive.sh {name} failed:\n{result.stderr}")
     # the workflow (pipeline.war) is served by scripts/serve.sh only: KServe serves the pipeline model
@@ -184,8 +189,10 @@ def place_weights(config: dict[str, Any], profile: str, weights_root: Path, targ
 
 
 def resources(section: dict[str, Any]) -> dict[str, Any]:
-    spec = {kind: {key: str(value) for key, value in (section["resources"].get(kind) or {}).items()}
-            for kind in ("requests", "limits")}
+    spec = {
+        kind: {key: str(value) for key, value in (section["resources"].get(kind) or {}).items()}
+        for kind in ("requests", "limits")
+    }
     if section["gpus"]:
         # Kubernetes schedules extended resources by their limit; a request must equal it
         spec["limits"]["nvidia.com/gpu"] = str(section["gpus"])
@@ -197,8 +204,9 @@ def labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/name": name}
 
 
-def inference_service(name: str, config: dict[str, Any], options: argparse.Namespace,
-                      model_urls: dict[str, str] | None) -> dict[str, Any]:
+def inference_service(
+    name: str, config: dict[str, Any], options: argparse.Namespace, model_urls: dict[str, str] | None
+) -> dict[str, Any]:
     section = config["kserve"]
     model: dict[str, Any] = {
         "modelFormat": {"name": "pytorch"},
@@ -209,8 +217,11 @@ def inference_service(name: str, config: dict[str, Any], options: argparse.Names
         "image": options.image,
         "resources": resources(section),
         # TorchServe answers /ping once its frontend is up; the snapshot's workers load first
-        "readinessProbe": {"httpGet": {"path": "/ping", "port": INFERENCE_PORT}, "periodSeconds": 10,
-                           "failureThreshold": 3},
+        "readinessProbe": {
+            "httpGet": {"path": "/ping", "port": INFERENCE_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
     }
     if model_urls is not None:
         # workflows/connect.py: where this model's stages call the others
@@ -235,18 +246,34 @@ def inference_service(name: str, config: dict[str, Any], options: argparse.Names
 def network_policy(name: str, callers: list[str], options: argparse.Namespace) -> dict[str, Any]:
     """Ingress to the predictor's pods from KServe's serving path (gateway, activator), from the
     models that call it, and metrics (8082) from the monitoring namespace; nothing else."""
-    peers: list[dict[str, Any]] = [{"namespaceSelector": {"matchExpressions": [
-        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(options.gateway_namespaces)}]}}]
+    peers: list[dict[str, Any]] = [
+        {
+            "namespaceSelector": {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(options.gateway_namespaces)}
+                ]
+            }
+        }
+    ]
     if callers:
-        peers.append({"podSelector": {"matchExpressions": [
-            {"key": "serving.kserve.io/inferenceservice", "operator": "In", "values": callers}]}})
+        peers.append(
+            {
+                "podSelector": {
+                    "matchExpressions": [
+                        {"key": "serving.kserve.io/inferenceservice", "operator": "In", "values": callers}
+                    ]
+                }
+            }
+        )
     ingress = [{"from": peers}]
     if options.monitoring_namespace:
         monitoring = {"matchLabels": {"kubernetes.io/metadata.name": options.monitoring_namespace}}
-        ingress.append({
-            "from": [{"namespaceSelector": monitoring}],
-            "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
-        })
+        ingress.append(
+            {
+                "from": [{"namespaceSelector": monitoring}],
+                "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+            }
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -261,8 +288,9 @@ def network_policy(name: str, callers: list[str], options: argparse.Namespace) -
 
 def write_yaml(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# generated by scripts/kserve.sh; regenerate rather than edit\n"
-                    + yaml.safe_dump(document, sort_keys=False))
+    path.write_text(
+        "# generated by scripts/kserve.sh; regenerate rather than edit\n" + yaml.safe_dump(document, sort_keys=False)
+    )
 
 
 def generate(options: argparse.Namespace) -> list[Path]:
@@ -309,28 +337,47 @@ def default_image() -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/kserve.sh", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/kserve.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory to write (created)")
     parser.add_argument("--profile", default="tiny", help="weights profile: tiny, arch or pretrained (default tiny)")
-    parser.add_argument("--namespace", default="image-interpreter",
-                        help="Kubernetes namespace (default image-interpreter)")
-    parser.add_argument("--storage-uri-prefix", default="pvc://image-interpreter-models",
-                        help="storageUri of model <name> is PREFIX/<name>: pvc://<claim>[/path], s3://, gs://, ... "
-                             "(default pvc://image-interpreter-models)")
-    parser.add_argument("--image", default=default_image(),
-                        help="predictor image, built from deploy/kserve/Dockerfile (default: %(default)s)")
-    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="v1",
-                        help="KServe protocol of every InferenceService: v1 (instances/predictions) or v2 "
-                             "(Open Inference Protocol); the pipeline calls the models in it (default v1)")
-    parser.add_argument("--model-url-template", default="http://{name}-predictor.{namespace}.svc.cluster.local",
-                        help="cluster URL of model {name}, for the models that call others")
-    parser.add_argument("--gateway-namespaces", type=lambda text: [n for n in text.split(",") if n],
-                        default=["istio-system", "knative-serving"],
-                        help="comma-separated namespaces whose pods may reach every predictor "
-                             "(KServe's ingress gateway and Knative's activator)")
-    parser.add_argument("--monitoring-namespace", default="monitoring",
-                        help="namespace allowed to scrape metrics on 8082 (empty: none)")
+    parser.add_argument(
+        "--namespace", default="image-interpreter", help="Kubernetes namespace (default image-interpreter)"
+    )
+    parser.add_argument(
+        "--storage-uri-prefix",
+        default="pvc://image-interpreter-models",
+        help="storageUri of model <name> is PREFIX/<name>: pvc://<claim>[/path], s3://, gs://, ... "
+        "(default pvc://image-interpreter-models)",
+    )
+    parser.add_argument(
+        "--image",
+        default=default_image(),
+        help="predictor image, built from deploy/kserve/Dockerfile (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="v1",
+        help="KServe protocol of every InferenceService: v1 (instances/predictions) or v2 "
+        "(Open Inference Protocol); the pipeline calls the models in it (default v1)",
+    )
+    parser.add_argument(
+        "--model-url-template",
+        default="http://{name}-predictor.{namespace}.svc.cluster.local",
+        help="cluster URL of model {name}, for the models that call others",
+    )
+    parser.add_argument(
+        "--gateway-namespaces",
+        type=lambda text: [n for n in text.split(",") if n],
+        default=["istio-system", "knative-serving"],
+        help="comma-separated namespaces whose pods may reach every predictor "
+        "(KServe's ingress gateway and Knative's activator)",
+    )
+    parser.add_argument(
+        "--monitoring-namespace", default="monitoring", help="namespace allowed to scrape metrics on 8082 (empty: none)"
+    )
     parser.add_argument("--weights-root", type=Path, default=WEIGHTS_ROOT, help=argparse.SUPPRESS)
     # tests/kserve: each model's config and archive name its layout DIR/storage/<name> where a pod
     # has /mnt/models, so the pod's TorchServe runs here as KServe runs it there
@@ -343,8 +390,11 @@ def main(argv: list[str]) -> int:
     options = parse_args(argv)
     options.out.mkdir(parents=True, exist_ok=True)
     written = generate(options)
-    print(f"wrote {len(written)} manifests, {options.out / 'kustomization.yaml'} and "
-          f"{options.out / 'storage'}/<model>/ (copy each to its storageUri)", file=sys.stderr)
+    print(
+        f"wrote {len(written)} manifests, {options.out / 'kustomization.yaml'} and "
+        f"{options.out / 'storage'}/<model>/ (copy each to its storageUri)",
+        file=sys.stderr,
+    )
     return 0
 
 

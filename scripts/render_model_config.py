@@ -8,6 +8,7 @@ its quality filters are off). ``handler.weights_dir`` is set to the profile's we
 its node workers, batching and timeout come from the same model-config.yaml, so the `pipeline`
 model and the workflow are sized by one file.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ The one list: scripts/lib.sh (archive, serve), the weight builders, the tests an
 read it from here. Models with weights come first, then the light models that only call the others
 (``handler.weights: null``, such as ``pipeline``), so a server registers what they call before them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

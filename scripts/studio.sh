@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The studio (studio/, DESIGN.md §13): a web page on the interpreter, on the address in studio/studio.yaml
+# The studio (studio/): a web page on the interpreter, on the address in studio/studio.yaml
 # (127.0.0.1:8090). It talks to TorchServe as a client (scripts/serve.sh starts that; the token stays in
 # the app). Idempotent: start reuses a running studio, stop is a no-op when none runs.
 #   scripts/studio.sh start        start it in the background (pid in .run/studio.pid, log in .run/studio.log)

@@ -1,4 +1,4 @@
-"""The chosen samples as a Hugging Face ``imagefolder`` dataset: what fine-tuning reads (DESIGN.md §14).
+"""The chosen samples as a Hugging Face ``imagefolder`` dataset: what fine-tuning reads.
 
 ``DIR/metadata.jsonl`` has one row per choice (a sample two people chose is two rows, each with its
 own picture file, so each choice weighs once): ``file_name``, ``text`` (the caption the sample was

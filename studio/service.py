@@ -211,7 +211,7 @@ class Studio:
         answer = self._call(prior, prior, base64.b64encode(draft.source.data).decode())
         if "control_image" not in answer:
             raise StudioError(502, f"{prior}: the server's {prior} model answers without control_image "
-                                   "(DESIGN.md §11); update the model archive", kind="ModelError")
+                                   "; update the model archive", kind="ModelError")
         image = image_info(base64.b64decode(answer["control_image"]))
         # keep what describes the prior, not its other pictures (depth's 16-bit map, colormap, overlay)
         details = {key: value for key, value in answer.items()

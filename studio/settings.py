@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_CONFIG = Path(__file__).with_name("studio.yaml")
-# the priors interpret offers (DESIGN.md §12), in the order the page shows them
+# the priors interpret offers, in the order the page shows them
 PRIORS = ("depth", "pose", "canny")
 PriorType = Literal["depth", "pose", "canny"]
 

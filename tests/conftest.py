@@ -2,8 +2,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from served_models import served_models, weighted_models  # scripts/served_models.py (pytest.ini puts scripts/ on the path)
+from served_models import (  # scripts/served_models.py (pytest.ini puts scripts/ on the path)
+    served_models,
+    weighted_models,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -14,6 +16,7 @@ MODELS = served_models()
 # One real TorchServe per test session, serving every model on the tiny profile, shared by
 # tests/integration and tests/robustness (unit tests never request it, so never start it).
 
+
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
     """Archives of every model in a private store (named model_store, as allowed_urls expects)."""
@@ -21,8 +24,11 @@ def model_store(tmp_path_factory):
 
     store = tmp_path_factory.mktemp("ts") / "model_store"
     ensure_tiny_weights(*weighted_models())
-    result = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store),
-                             *MODELS], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store), *MODELS],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     return store
 

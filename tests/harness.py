@@ -1,4 +1,5 @@
 """Run a handler in-process with a real TorchServe ``Context`` (no server): for unit tests."""
+
 from __future__ import annotations
 
 import base64
@@ -24,8 +25,10 @@ def ensure_tiny_weights(*models: str) -> Path:
     root = WEIGHTS / "tiny"
     missing = [m for m in models if not (root / f".{m}.done").exists()]
     if missing:
-        subprocess.run([sys.executable, str(REPO / "scripts" / "build_models.py"), "--profile", "tiny",
-                        "--models", *missing], check=True)
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "build_models.py"), "--profile", "tiny", "--models", *missing],
+            check=True,
+        )
     return root
 
 
@@ -41,8 +44,16 @@ def model_config(name: str, profile: str = "tiny", **handler_overrides: Any) -> 
 def make_context(name: str, config: dict[str, Any], batch_size: int = 8) -> Context:
     metrics = MetricsCacheYamlImpl(str(_TS_METRICS_YAML))
     metrics.initialize_cache()
-    return Context(name, str(REPO), {"model": {"modelName": name}}, batch_size, None, "0.12.0",
-                   metrics=metrics, model_yaml_config=config)
+    return Context(
+        name,
+        str(REPO),
+        {"model": {"modelName": name}},
+        batch_size,
+        None,
+        "0.12.0",
+        metrics=metrics,
+        model_yaml_config=config,
+    )
 
 
 def load_handler(handler_class: type, name: str, **handler_overrides: Any):

@@ -3,6 +3,7 @@
 The generated config is the repo's ``config.properties`` with only the addresses and the stores
 changed, so tests exercise the configuration operators run.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,15 @@ def render_config(model_store: Path, ports: dict[str, int], overrides: dict[str,
 
 
 class TorchServe:
-    def __init__(self, run_dir: Path, model_store: Path, config_overrides: dict[str, str] | None = None, *,
-                 config_text: str | None = None, snapshots: bool = False):
+    def __init__(
+        self,
+        run_dir: Path,
+        model_store: Path,
+        config_overrides: dict[str, str] | None = None,
+        *,
+        config_text: str | None = None,
+        snapshots: bool = False,
+    ):
         """``config_text`` replaces the rendered config (tests/kserve: a generated pod config, with
         :attr:`env` overriding its addresses through ``TS_*`` variables); ``snapshots`` lets TorchServe
         write its config snapshots, as KServe's runtime starts it (no ``--ncs``)."""
@@ -71,19 +79,38 @@ class TorchServe:
         self.session = requests.Session()
 
     # --- lifecycle --------------------------------------------------------------------------
-    def start(self, timeout: float = 180) -> "TorchServe":
+    def start(self, timeout: float = 180) -> TorchServe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config = self.config_text or render_config(self.model_store, self.ports, self.config_overrides)
         self.config_path.write_text(config)
         # workers inherit this environment: the pipeline finds the server's ports and key file here
-        env = {**os.environ, "TMPDIR": str(self.run_dir), "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-               "TS_CONFIG_FILE": str(self.config_path), "TS_KEY_FILE": str(self.key_file), **self.env}
+        env = {
+            **os.environ,
+            "TMPDIR": str(self.run_dir),
+            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+            "TS_CONFIG_FILE": str(self.config_path),
+            "TS_KEY_FILE": str(self.key_file),
+            **self.env,
+        }
         self.log = open(self.run_dir / "torchserve.out", "w")
         # --foreground keeps the JVM our child, so a crashed test run never leaves it behind
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "torchserve"), "--start", "--foreground", *([] if self.snapshots else ["--ncs"]),
-             "--ts-config", str(self.config_path), "--model-store", str(self.model_store)],
-            cwd=self.run_dir, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(VENV_BIN / "torchserve"),
+                "--start",
+                "--foreground",
+                *([] if self.snapshots else ["--ncs"]),
+                "--ts-config",
+                str(self.config_path),
+                "--model-store",
+                str(self.model_store),
+            ],
+            cwd=self.run_dir,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -124,7 +151,9 @@ class TorchServe:
     def url(self, kind: str) -> str:
         return f"http://127.0.0.1:{self.ports[kind]}"
 
-    def request(self, kind: str, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> requests.Response:
+    def request(
+        self, kind: str, method: str, path: str, *, token: str | None = None, **kwargs: Any
+    ) -> requests.Response:
         """``kind`` is inference, management or metrics; the right token is sent unless ``token`` is given."""
         headers = dict(kwargs.pop("headers", None) or {})
         # a server with token authorization off (a KServe pod's config) writes no key file

@@ -7,9 +7,11 @@ and after, base-vs-adapter CLIP scores on held-out prompts, the dataset's export
 registered as a new version of ``sd-lora-<name>``. ``scripts/deploy_version.sh NAME VERSION``
 serves that version. Defaults: training/finetune.yaml.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -21,8 +23,16 @@ import torch
 import yaml
 
 from .dataset import DatasetError, load_dataset
-from .lora import (TrainConfig, clip_scores, fixed_batch_loss, generate, load_pipeline, native_resolution,
-                   save_adapter, train)
+from .lora import (
+    TrainConfig,
+    clip_scores,
+    fixed_batch_loss,
+    generate,
+    load_pipeline,
+    native_resolution,
+    save_adapter,
+    train,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULTS = Path(__file__).with_name("finetune.yaml")
@@ -30,8 +40,9 @@ DEFAULTS = Path(__file__).with_name("finetune.yaml")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = yaml.safe_load(DEFAULTS.read_text())
-    parser = argparse.ArgumentParser(prog="scripts/finetune.sh", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/finetune.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True, help="imagefolder dataset (metadata.jsonl + images)")
     parser.add_argument("--name", default="default", help="the adapter's name: registered model sd-lora-NAME")
     parser.add_argument("--steps", type=int, default=defaults["steps"])
@@ -45,8 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=int, default=defaults["sample_every"])
     parser.add_argument("--sample-steps", type=int, default=defaults["sample_steps"])
     parser.add_argument("--experiment", default=defaults["experiment"])
-    parser.add_argument("--data-dir", type=Path, required=True,
-                        help="where mlflow.db and mlruns/ live (scripts/finetune.sh: $DATA_DIR, default data/)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="where mlflow.db and mlruns/ live (scripts/finetune.sh: $DATA_DIR, default data/)",
+    )
     parser.add_argument("--weights-root", type=Path, default=REPO / "model_store" / "weights")
     args = parser.parse_args(argv)
     args.sample_prompts = list(defaults["sample_prompts"])
@@ -81,15 +96,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     weights = args.weights_root / args.profile / "sd"
     if not (weights / "model_index.json").is_file():
-        print(f"error: no sd weights at {weights}: run scripts/build_models.sh --profile {args.profile}",
-              file=sys.stderr)
+        print(
+            f"error: no sd weights at {weights}: run scripts/build_models.sh --profile {args.profile}", file=sys.stderr
+        )
         return 2
     train_examples, held_out = dataset.split(args.held_out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(weights, device)
     resolution = args.resolution or native_resolution(pipe)
-    config = TrainConfig(steps=args.steps, rank=args.rank, learning_rate=args.lr, batch_size=args.batch,
-                         seed=args.seed, resolution=resolution)
+    config = TrainConfig(
+        steps=args.steps,
+        rank=args.rank,
+        learning_rate=args.lr,
+        batch_size=args.batch,
+        seed=args.seed,
+        resolution=resolution,
+    )
     sample_seeds = list(range(len(args.sample_prompts)))
     registered = f"sd-lora-{args.name}"
 
@@ -97,15 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     with mlflow.start_run(run_name=f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
-        mlflow.log_params({"steps": args.steps, "rank": args.rank, "lr": args.lr, "batch": args.batch,
-                           "seed": args.seed, "profile": args.profile, "resolution": resolution,
-                           "base_weights": str(weights), "dataset": str(dataset.root.resolve()),
-                           "examples": len(train_examples), "held_out": len(held_out), "device": str(device)})
+        mlflow.log_params(
+            {
+                "steps": args.steps,
+                "rank": args.rank,
+                "lr": args.lr,
+                "batch": args.batch,
+                "seed": args.seed,
+                "profile": args.profile,
+                "resolution": resolution,
+                "base_weights": str(weights),
+                "dataset": str(dataset.root.resolve()),
+                "examples": len(train_examples),
+                "held_out": len(held_out),
+                "device": str(device),
+            }
+        )
         mlflow.set_tags({"export_id": dataset.export_id, "adapter_name": args.name})
         mlflow.log_metric("fixed_batch_loss_before", fixed_batch_loss(pipe, train_examples, resolution, args.seed))
         held_out_prompts = [example.text for example in held_out] or args.sample_prompts[:1]
-        base_images = generate(pipe, held_out_prompts, sample_seeds[:1] * len(held_out_prompts),
-                               args.sample_steps, resolution)
+        base_images = generate(
+            pipe, held_out_prompts, sample_seeds[:1] * len(held_out_prompts), args.sample_steps, resolution
+        )
 
         bar = tqdm(total=args.steps, desc=f"LoRA {args.name}", unit="step")
         started = time.perf_counter()
@@ -115,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if args.sample_every and (step % args.sample_every == 0 or step == args.steps):
-                for i, image in enumerate(generate(pipe, args.sample_prompts, sample_seeds, args.sample_steps,
-                                                   resolution)):
+                for i, image in enumerate(
+                    generate(pipe, args.sample_prompts, sample_seeds, args.sample_steps, resolution)
+                ):
                     mlflow.log_image(image, f"samples/step{step:06d}_prompt{i}.png")
 
         losses = train(pipe, train_examples, config, on_step)
@@ -125,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_metric("steps_per_second", args.steps / seconds)
         mlflow.log_metric("fixed_batch_loss_after", fixed_batch_loss(pipe, train_examples, resolution, args.seed))
 
-        adapter_images = generate(pipe, held_out_prompts, sample_seeds[:1] * len(held_out_prompts),
-                                  args.sample_steps, resolution)
+        adapter_images = generate(
+            pipe, held_out_prompts, sample_seeds[:1] * len(held_out_prompts), args.sample_steps, resolution
+        )
         clip_weights = args.weights_root / args.profile / "clip"
         if (clip_weights / "config.json").is_file():
             base = clip_scores(clip_weights, base_images, held_out_prompts)
@@ -140,14 +177,32 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as staging:
             adapter_dir = Path(staging) / "adapter"
             save_adapter(pipe, adapter_dir)
-            (adapter_dir / "adapter.json").write_text(json.dumps({
-                "name": args.name, "base_profile": args.profile, "rank": args.rank, "run_id": run.info.run_id,
-                "export_id": dataset.export_id}, indent=2))
+            (adapter_dir / "adapter.json").write_text(
+                json.dumps(
+                    {
+                        "name": args.name,
+                        "base_profile": args.profile,
+                        "rank": args.rank,
+                        "run_id": run.info.run_id,
+                        "export_id": dataset.export_id,
+                    },
+                    indent=2,
+                )
+            )
             mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
         version = register(registered, run.info, dataset.export_id)
-        print(json.dumps({"run_id": run.info.run_id, "registered_model": registered, "version": version,
-                          "loss_first": losses[0], "loss_last": losses[-1],
-                          "steps_per_second": round(args.steps / seconds, 3)}))
+        print(
+            json.dumps(
+                {
+                    "run_id": run.info.run_id,
+                    "registered_model": registered,
+                    "version": version,
+                    "loss_first": losses[0],
+                    "loss_last": losses[-1],
+                    "steps_per_second": round(args.steps / seconds, 3),
+                }
+            )
+        )
     return 0
 
 
@@ -157,12 +212,11 @@ def register(name: str, run: Any, export_id: str) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    try:
+    with contextlib.suppress(MlflowException):  # it exists: this run is its next version
         client.create_registered_model(name, description="LoRA adapters for sd (scripts/finetune.sh)")
-    except MlflowException:
-        pass  # it exists: this run is its next version
-    version = client.create_model_version(name, source=f"{run.artifact_uri}/adapter", run_id=run.run_id,
-                                          tags={"export_id": export_id})
+    version = client.create_model_version(
+        name, source=f"{run.artifact_uri}/adapter", run_id=run.run_id, tags={"export_id": export_id}
+    )
     return str(version.version)
 
 

@@ -3,6 +3,7 @@ are ``{"file_name": ..., "text": ...}``. The studio's export writes one; any suc
 
 Everything is checked before training starts, so a bad dataset costs nothing and names its problem.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,9 @@ def load_dataset(root: Path, max_text_length: int = 1000) -> Dataset:
         raise DatasetError(f"{root}: not a directory")
     metadata = root / "metadata.jsonl"
     if not metadata.is_file():
-        raise DatasetError(f"{metadata}: missing (an imagefolder dataset has one line "
-                           '{"file_name": ..., "text": ...} per image)')
+        raise DatasetError(
+            f'{metadata}: missing (an imagefolder dataset has one line {{"file_name": ..., "text": ...}} per image)'
+        )
     examples = []
     for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

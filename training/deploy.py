@@ -7,6 +7,7 @@ model ``sd-lora-NAME``, and writes ``<store>/sd-NAME-vVERSION.mar``: sd's handle
 model-config.yaml rendered for the adapter's base profile, with the adapter inside the archive and
 the base weights referenced by path (not copied). It prints the TorchServe version (``NAME-vVERSION``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,19 +52,43 @@ def archive(name: str, version: str, store: Path, data_dir: Path, weights_root: 
         meta = json.loads((extra / ADAPTER_DIR / "adapter.json").read_text())
         rendered = staging / "model-config.yaml"
         # the same renderer scripts/archive.sh uses: sd's yaml for the adapter's base profile
-        subprocess.run([sys.executable, str(REPO / "scripts" / "render_model_config.py"),
-                        str(REPO / "models" / "sd" / "model-config.yaml"), meta["base_profile"], str(weights_root),
-                        str(rendered)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "render_model_config.py"),
+                str(REPO / "models" / "sd" / "model-config.yaml"),
+                meta["base_profile"],
+                str(weights_root),
+                str(rendered),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         config = yaml.safe_load(rendered.read_text())
         config["handler"]["adapter"] = ADAPTER_DIR
         config["handler"]["model_name"] = f"sd@{ts_version}"
         rendered.write_text(yaml.safe_dump(config, sort_keys=False))
         out = staging / "out"
         out.mkdir()
-        subprocess.run([str(REPO / ".venv" / "bin" / "torch-model-archiver"), "--model-name", "sd",
-                        "--version", ts_version, "--handler", str(REPO / "handlers" / "text_to_image.py"),
-                        "--extra-files", str(extra), "--config-file", str(staging / "model-config.yaml"),
-                        "--export-path", str(out), "--force"], check=True)
+        subprocess.run(
+            [
+                str(REPO / ".venv" / "bin" / "torch-model-archiver"),
+                "--model-name",
+                "sd",
+                "--version",
+                ts_version,
+                "--handler",
+                str(REPO / "handlers" / "text_to_image.py"),
+                "--extra-files",
+                str(extra),
+                "--config-file",
+                str(staging / "model-config.yaml"),
+                "--export-path",
+                str(out),
+                "--force",
+            ],
+            check=True,
+        )
         target = store / f"sd-{ts_version}.mar"
         shutil.move(str(out / "sd.mar"), target)
     return ts_version, target
@@ -100,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     default = commands.add_parser("set-default", help="remember the default version")
     default.add_argument("model")
     default.add_argument("version")
-    listing = commands.add_parser("list", help="print 'model version archive' per deployed version, then "
-                                               "'model default version' lines")
+    listing = commands.add_parser(
+        "list", help="print 'model version archive' per deployed version, then 'model default version' lines"
+    )
     del listing
     args = parser.parse_args(argv)
     store: Path = args.store

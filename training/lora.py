@@ -7,6 +7,7 @@ weights). Only the LoRA matrices on the UNet's attention projections train; the 
 encoder and the UNet's own weights stay frozen. Plain functions with explicit arguments, so a test,
 the CLI and a notebook run the same code.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -40,8 +41,9 @@ class TrainConfig:
 
 def load_pipeline(weights: Path, device: torch.device) -> StableDiffusionPipeline:
     """The base model, frozen, in float32 (LoRA training in fp16 needs loss scaling; not worth it here)."""
-    pipe = StableDiffusionPipeline.from_pretrained(weights, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        weights, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -56,8 +58,9 @@ def native_resolution(pipe: StableDiffusionPipeline) -> int:
 
 def add_lora(pipe: StableDiffusionPipeline, rank: int) -> list[torch.nn.Parameter]:
     """A LoRA adapter of ``rank`` on the UNet; returns the parameters that train."""
-    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                     target_modules=LORA_TARGETS))
+    pipe.unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+    )
     return [p for p in pipe.unet.parameters() if p.requires_grad]
 
 
@@ -68,8 +71,10 @@ def pixels(examples: Sequence[Example], resolution: int) -> torch.Tensor:
         with Image.open(example.image) as image:
             image = image.convert("RGB")
             scale = resolution / min(image.size)
-            image = image.resize((max(resolution, round(image.width * scale)),
-                                  max(resolution, round(image.height * scale))), Image.Resampling.BICUBIC)
+            image = image.resize(
+                (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))),
+                Image.Resampling.BICUBIC,
+            )
             left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
             image = image.crop((left, top, left + resolution, top + resolution))
             batch.append(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
@@ -77,8 +82,13 @@ def pixels(examples: Sequence[Example], resolution: int) -> torch.Tensor:
 
 
 def text_embeddings(pipe: StableDiffusionPipeline, texts: Sequence[str]) -> torch.Tensor:
-    tokens = pipe.tokenizer(list(texts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt")
+    tokens = pipe.tokenizer(
+        list(texts),
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0]
 
@@ -91,8 +101,14 @@ def latents(pipe: StableDiffusionPipeline, images: torch.Tensor, generator: torc
     return sample * pipe.vae.config.scaling_factor
 
 
-def denoising_loss(pipe: StableDiffusionPipeline, scheduler: DDPMScheduler, clean: torch.Tensor,
-                   embeddings: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def denoising_loss(
+    pipe: StableDiffusionPipeline,
+    scheduler: DDPMScheduler,
+    clean: torch.Tensor,
+    embeddings: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
     """MSE between the UNet's prediction and its target at the given noise and timesteps."""
     noisy = scheduler.add_noise(clean, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
@@ -108,8 +124,7 @@ def training_scheduler(pipe: StableDiffusionPipeline) -> DDPMScheduler:
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def fixed_batch_loss(pipe: StableDiffusionPipeline, examples: Sequence[Example], resolution: int,
-                     seed: int) -> float:
+def fixed_batch_loss(pipe: StableDiffusionPipeline, examples: Sequence[Example], resolution: int, seed: int) -> float:
     """The loss on one fixed batch: deterministic latents, noise and timesteps from ``seed``.
 
     The per-step training loss is too noisy to compare (random noise and timesteps each step);
@@ -119,15 +134,20 @@ def fixed_batch_loss(pipe: StableDiffusionPipeline, examples: Sequence[Example],
     generator = torch.Generator("cpu").manual_seed(seed)
     clean = latents(pipe, pixels(examples, resolution), None)
     noise = torch.randn(clean.shape, generator=generator).to(pipe.device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],),
-                              generator=generator).to(pipe.device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator).to(
+        pipe.device
+    )
     embeddings = text_embeddings(pipe, [example.text for example in examples])
     with torch.no_grad():
         return float(denoising_loss(pipe, scheduler, clean, embeddings, noise, timesteps))
 
 
-def train(pipe: StableDiffusionPipeline, examples: Sequence[Example], config: TrainConfig,
-          on_step: Callable[[int, float], None] | None = None) -> list[float]:
+def train(
+    pipe: StableDiffusionPipeline,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
     """``config.steps`` optimizer steps of LoRA training; ``on_step(step, loss)`` after each one."""
     torch.manual_seed(config.seed)
     generator = torch.Generator("cpu").manual_seed(config.seed)
@@ -142,8 +162,9 @@ def train(pipe: StableDiffusionPipeline, examples: Sequence[Example], config: Tr
         rows = torch.randint(0, len(examples), (config.batch_size,), generator=generator)
         clean = latents(pipe, images[rows], generator)
         noise = torch.randn(clean.shape, generator=generator).to(pipe.device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,),
-                                  generator=generator).to(pipe.device)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator
+        ).to(pipe.device)
         loss = denoising_loss(pipe, scheduler, clean, embeddings[rows.to(embeddings.device)], noise, timesteps)
         loss.backward()
         optimizer.step()
@@ -163,15 +184,17 @@ def save_adapter(pipe: StableDiffusionPipeline, directory: Path) -> Path:
     return directory / ADAPTER_FILE
 
 
-def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int,
-             resolution: int) -> list[Image.Image]:
+def generate(
+    pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int, resolution: int
+) -> list[Image.Image]:
     """Sample images for fixed prompts and seeds (the same ones every K steps and for base vs adapter)."""
     images = []
     with torch.inference_mode():
         for prompt, seed in zip(prompts, seeds):
             generator = torch.Generator("cpu").manual_seed(seed)
-            images.extend(pipe(prompt, num_inference_steps=steps, width=resolution, height=resolution,
-                               generator=generator).images)
+            images.extend(
+                pipe(prompt, num_inference_steps=steps, width=resolution, height=resolution, generator=generator).images
+            )
     return images
 
 
@@ -186,8 +209,9 @@ def clip_scores(clip_weights: Path, images: Sequence[Image.Image], texts: Sequen
     with torch.inference_mode():
         inputs = processor(text=list(texts), images=list(images), return_tensors="pt", padding=True, truncation=True)
         image = pooled_features(model.get_image_features(pixel_values=inputs["pixel_values"])).float()
-        text = pooled_features(model.get_text_features(input_ids=inputs["input_ids"],
-                                                       attention_mask=inputs["attention_mask"])).float()
+        text = pooled_features(
+            model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        ).float()
     image = image / image.norm(dim=-1, keepdim=True)
     text = text / text.norm(dim=-1, keepdim=True)
     return (image * text).sum(dim=-1).tolist()

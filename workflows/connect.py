@@ -9,6 +9,7 @@ object, model -> cluster URL, in the pipeline's InferenceService) says where eac
 models are called in the protocol this deployment speaks, the ``TS_SERVICE_ENVELOPE`` KServe sets
 (handlers/common/envelopes.py). The stage code is the same.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from client import ApiError, Client
 from handlers.common import load_settings
 from handlers.common.envelopes import answer_from, request_for
 
-from .stages import ModelCaller, PipelineSettings, client_caller
+from .stages import CallerSettings, ModelCaller, PipelineSettings, client_caller
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -44,7 +45,7 @@ def load_pipeline_settings(model_config: Path) -> PipelineSettings:
     return load_settings(PipelineSettings, section)
 
 
-def model_client(settings: PipelineSettings) -> Client:
+def model_client(settings: CallerSettings) -> Client:
     properties: dict[str, str] = {}
     config_file = os.environ.get("TS_CONFIG_FILE")
     if config_file and Path(config_file).is_file():
@@ -66,15 +67,16 @@ class EnvelopedModels:
 
     def predict(self, model: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         path, enveloped = request_for(self.protocol, model, body)
-        answer = self.clients.get(model, self.default).call("inference", "POST", path, json=enveloped,
-                                                            **({"timeout": timeout} if timeout else {}))
+        answer = self.clients.get(model, self.default).call(
+            "inference", "POST", path, json=enveloped, **({"timeout": timeout} if timeout else {})
+        )
         try:
             return answer_from(self.protocol, answer)
         except ValueError as exc:  # a 2xx that is not the protocol's answer: the model's side failed
             raise ApiError(502, {"message": f"{model}: {exc}"}, path) from None
 
 
-def pipeline_caller(settings: PipelineSettings) -> ModelCaller:
+def pipeline_caller(settings: CallerSettings) -> ModelCaller:
     client = model_client(settings)
     urls = json.loads(os.environ.get("MODEL_URLS") or "{}")
     protocol = os.environ.get("TS_SERVICE_ENVELOPE") or None

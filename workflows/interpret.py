@@ -1,6 +1,6 @@
 """The interpreter's stages as plain functions: a picture -> its priors -> new images from them, ranked by CLIP.
 
-DESIGN.md §12. A sibling of workflows/stages.py (the pipeline's stages), sharing its model caller,
+A sibling of workflows/stages.py (the pipeline's stages), sharing its model caller,
 stage runner and error mapping; kept in its own module because it is as long as the pipeline's and
 shares none of its request fields. Nothing here knows about TorchServe: the models are reached
 through a :class:`~workflows.stages.ModelCaller` (the REST client in production), so interpreter
@@ -36,7 +36,6 @@ from pydantic import Field, model_validator
 
 from client.rest import versioned
 from handlers.common import (
-    HandlerSettings,
     ImageLimits,
     InputError,
     LimitError,
@@ -55,7 +54,7 @@ from handlers.common import (
 )
 from handlers.common.payload import json_type
 
-from .stages import ModelCaller, ModelTimeouts, Stages
+from .stages import CallerSettings, ModelCaller, ModelTimeouts, Stages
 
 PRIORS = ("depth", "pose", "canny")
 MODES = ("each", "combined")
@@ -82,6 +81,7 @@ class InterpretLimits(ImageLimits):
     """What the interpreter checks before any model runs; tests/unit/test_interpret_stages.py keeps
     each at most the limit of the model it is sent to (sd's, clip's), so no request is refused late."""
 
+    max_version_length: int = Field(ge=1)     # characters of `sd_version`
     max_caption_length: int = Field(ge=1)     # characters of `caption` and `negative_prompt` (<= clip's texts)
     max_samples: int = Field(ge=1)            # per prior (each) or per request (combined): <= sd's max_prompts
     min_side: int = Field(ge=8)               # width / height, as sd's limits
@@ -100,12 +100,9 @@ class CannySettings(Settings):
     high_threshold: int = Field(ge=0, le=255)
 
 
-class InterpretSettings(HandlerSettings):
+class InterpretSettings(CallerSettings):
     """The ``handler:`` section of models/interpret/model-config.yaml."""
 
-    inference_address: str | None   # null: this server's, from TS_CONFIG_FILE
-    management_address: str | None
-    key_file: str | None            # null: TS_KEY_FILE, else ./key_file.json
     priors: list[PriorType] = Field(min_length=1)    # a request's default
     mode: Literal["each", "combined"]                 # a request's default
     samples: int = Field(ge=1)                        # a request's default
@@ -166,12 +163,12 @@ def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> Inter
         seed=secrets.randbelow(SEED_SPACE) if seed is None else seed,
         scales=_scales(payload, priors, limits), prior_images=_prior_images(payload, priors, limits),
         generation=_generation(payload, settings), stream=get_bool(payload, "stream"),
-        upscale=get_bool(payload, "upscale"), sd_version=_sd_version(payload))
+        upscale=get_bool(payload, "upscale"), sd_version=_sd_version(payload, limits))
 
 
-def _sd_version(payload: dict[str, Any]) -> str | None:
+def _sd_version(payload: dict[str, Any], limits: InterpretLimits) -> str | None:
     """A TorchServe version of sd (scripts/deploy_version.sh prints it), so a person sees base and adapter."""
-    version = get_str(payload, "sd_version", max_len=64)
+    version = get_str(payload, "sd_version", max_len=limits.max_version_length)
     if version is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*", version):
         raise InputError("sd_version", f"must be a version name (letters, digits, '.', '_', '-'), got {version!r}")
     return version

@@ -5,6 +5,7 @@ threads; the heavy lifting happens in the five registered models, called through
 API (weights resident once, queues shared). The engine drops a node's status code, so a bad
 request is refused by raising: the client gets a non-2xx whose body carries the JSON error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,10 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from handlers.common import InputError, ServerError, read_payload
 from handlers.common.compat import MIN_WORKFLOW_NODE_SECONDS
@@ -40,16 +42,18 @@ def _batch(data: list[dict[str, Any]] | None, run_one: Callable[[int, dict[str, 
     started = time.monotonic()
     try:
         results = list(_POOL.map(lambda idx, row: _guarded(run_one, idx, row), range(len(data)), data))
-        failures = [r for r in results if isinstance(r, Exception)]
+        failures = [r for r in results if not isinstance(r, str)]
         if failures:
             # the only way to refuse through the engine: fail the node; the message is the JSON error
             raise RuntimeError(json.dumps(failures[0].body()))
-        return results
+        return [r for r in results if isinstance(r, str)]
     finally:
         time.sleep(max(0.0, MIN_WORKFLOW_NODE_SECONDS - (time.monotonic() - started)))
 
 
-def _guarded(run_one: Callable[[int, dict[str, Any]], str], idx: int, row: dict[str, Any]) -> str | Exception:
+def _guarded(
+    run_one: Callable[[int, dict[str, Any]], str], idx: int, row: dict[str, Any]
+) -> str | InputError | ServerError:
     try:
         return run_one(idx, row)
     except (InputError, ServerError) as error:
@@ -70,8 +74,15 @@ def prepare(data: list[dict[str, Any]] | None, context: Any) -> list[str] | None
         image, generated = generate(request, stage)
         # The engine gives every node job an id of its own and never shows a node the id the frontend
         # gave the client's request: the answer carries the id of this workflow request's first job.
-        return json.dumps({"request_id": context.get_request_id(idx), "request": dataclasses.asdict(request),
-                           "image": image, "generated": generated, "timings": stage.timings})
+        return json.dumps(
+            {
+                "request_id": context.get_request_id(idx),
+                "request": dataclasses.asdict(request),
+                "image": image,
+                "generated": generated,
+                "timings": stage.timings,
+            }
+        )
 
     return _batch(data, run_one)
 

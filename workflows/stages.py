@@ -5,17 +5,32 @@ through a :class:`ModelCaller` (the REST client in production), so pipeline traf
 each model's own batching queue and workers: weights are resident once, and one ``scale`` call
 governs direct and pipeline traffic alike.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from pydantic import Field
 
-from handlers.common import (HandlerSettings, ImageLimits, InputError, ServerError, Settings, decode_image, get_bool,
-                             get_boxes, get_float, get_int, get_str, get_str_list, reject_unknown)
+from handlers.common import (
+    HandlerSettings,
+    ImageLimits,
+    InputError,
+    ServerError,
+    Settings,
+    decode_image,
+    get_bool,
+    get_boxes,
+    get_float,
+    get_int,
+    get_str,
+    get_str_list,
+    reject_unknown,
+)
 
 PRIORS = ("depth", "pose")
 GENERATION_FIELDS = ("negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler")
@@ -38,7 +53,7 @@ class StageFailure(Exception):
 @dataclass
 class PipelineRequest:
     prompt: str | None
-    image: str | None                      # base64, when the request brings its own image
+    image: str | None  # base64, when the request brings its own image
     texts: list[str] | None
     roi: list[list[float]] | None
     priors: list[str]
@@ -72,12 +87,17 @@ class PipelineLimits(ImageLimits):
     max_rois: int = Field(ge=0)
 
 
-class PipelineSettings(HandlerSettings):
+class CallerSettings(HandlerSettings):
+    """Where a light model (pipeline, interpret) finds the models it calls: workflows/connect.py."""
+
+    inference_address: str | None  # null: this server's, from TS_CONFIG_FILE
+    management_address: str | None
+    key_file: str | None  # null: TS_KEY_FILE, else ./key_file.json
+
+
+class PipelineSettings(CallerSettings):
     """The ``handler:`` section of models/pipeline/model-config.yaml, for the model and the workflow."""
 
-    inference_address: str | None   # null: this server's, from TS_CONFIG_FILE
-    management_address: str | None
-    key_file: str | None            # null: TS_KEY_FILE, else ./key_file.json
     stage_timeouts: StageTimeouts
     limits: PipelineLimits
 
@@ -105,7 +125,7 @@ def parse_request(payload: dict[str, Any], settings: PipelineSettings) -> Pipeli
     for i, prior in enumerate(priors):
         if prior not in PRIORS:
             raise InputError(f"priors[{i}]", f"unknown prior {prior!r}; choose from {list(PRIORS)}")
-    generation = {}
+    generation: dict[str, Any] = {}
     if prompt is None:
         for key in GENERATION_FIELDS:
             if key in payload:
@@ -120,17 +140,31 @@ def parse_request(payload: dict[str, Any], settings: PipelineSettings) -> Pipeli
         for key in ("negative_prompt", "scheduler"):
             if key in payload:
                 generation[key] = get_str(payload, key, allow_empty=key == "negative_prompt")
-    return PipelineRequest(prompt=prompt, image=image, texts=texts, roi=roi, priors=list(dict.fromkeys(priors)),
-                           generation=generation, stream=get_bool(payload, "stream"))
+    return PipelineRequest(
+        prompt=prompt,
+        image=image,
+        texts=texts,
+        roi=roi,
+        priors=list(dict.fromkeys(priors)),
+        generation=generation,
+        stream=get_bool(payload, "stream"),
+    )
 
 
 StageCallback = Callable[[str, dict[str, Any]], None]
 
 
+class StagedSettings(Protocol):
+    """What :class:`Stages` needs of a light model's settings (the pipeline's, the interpreter's)."""
+
+    @property
+    def stage_timeouts(self) -> ModelTimeouts: ...
+
+
 class Stages:
     """Calls one model per stage, timing each and turning a model's failure into a pipeline error."""
 
-    def __init__(self, call: ModelCaller, settings: PipelineSettings, on_stage: StageCallback | None = None):
+    def __init__(self, call: ModelCaller, settings: StagedSettings, on_stage: StageCallback | None = None):
         self.call = call
         self.settings = settings
         self.on_stage = on_stage
@@ -151,6 +185,7 @@ class Stages:
 def generate(request: PipelineRequest, stage: Stages) -> tuple[str, dict[str, Any] | None]:
     """Phase 1: the image to analyze (generated from the prompt, or the request's own) and sd's answer."""
     if request.prompt is None:
+        assert request.image is not None  # parse_request requires one of the two
         return request.image, None
     generated = stage("generate", "sd", {"prompt": request.prompt, **request.generation})
     return generated["images"][0], generated
@@ -161,8 +196,9 @@ def analyze(request: PipelineRequest, image: str, generated: dict[str, Any] | No
     texts = {"texts": request.texts} if request.texts else {}
     with ThreadPoolExecutor(max_workers=2 + len(request.priors)) as pool:
         analysis: Future = pool.submit(stage, "concepts", "clip", {"image": image, **texts})
-        segmentation: Future = pool.submit(stage, "segment", "sam",
-                                           {"image": image, **({"roi": request.roi} if request.roi else {})})
+        segmentation: Future = pool.submit(
+            stage, "segment", "sam", {"image": image, **({"roi": request.roi} if request.roi else {})}
+        )
         priors = {name: pool.submit(stage, name, name, {"image": image}) for name in request.priors}
         try:
             masks = segmentation.result()
@@ -177,26 +213,32 @@ def analyze(request: PipelineRequest, image: str, generated: dict[str, Any] | No
     return response
 
 
-def run_pipeline(request: PipelineRequest, call: ModelCaller, settings: PipelineSettings,
-                 on_stage: StageCallback | None = None) -> dict[str, Any]:
+def run_pipeline(
+    request: PipelineRequest, call: ModelCaller, settings: PipelineSettings, on_stage: StageCallback | None = None
+) -> dict[str, Any]:
     """Both phases; ``on_stage(name, result)`` sees each stage's result as soon as it ends."""
     stage = Stages(call, settings, on_stage)
     image, generated = generate(request, stage)
     return analyze(request, image, generated, stage)
 
 
-def _describe_regions(stage: Stages, image: str, masks: dict[str, Any],
-                      texts: dict[str, Any]) -> list[dict[str, Any]]:
+def _describe_regions(stage: Stages, image: str, masks: dict[str, Any], texts: dict[str, Any]) -> list[dict[str, Any]]:
     """CLIP on every segmented region: one clip request whose ``roi`` are the masks' boxes."""
     boxes = [_usable_box(box) for box in masks.get("boxes", [])]
     if not boxes:
         return []
     result = stage("describe_regions", "clip", {"image": image, "roi": boxes, **texts})
     return [
-        {"request_id": f"{result['request_id']}:{i}",
-         "clip_analysis": {"concepts": region["concepts"], "confidence_scores": region["confidence_scores"],
-                           "max_confident_concept": region["max_confidence_concept"]},
-         "polygon": polygon, "box": region["box"]}
+        {
+            "request_id": f"{result['request_id']}:{i}",
+            "clip_analysis": {
+                "concepts": region["concepts"],
+                "confidence_scores": region["confidence_scores"],
+                "max_confident_concept": region["max_confidence_concept"],
+            },
+            "polygon": polygon,
+            "box": region["box"],
+        }
         for i, (region, polygon) in enumerate(zip(result["regions"], masks.get("polygons", [])))
     ]
 
@@ -207,24 +249,42 @@ def _usable_box(box: list[float]) -> list[float]:
     return [x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)]
 
 
-def _assemble(request: PipelineRequest, generated: dict[str, Any] | None, image: str, clip: dict[str, Any],
-              masks: dict[str, Any], regions: list[dict[str, Any]], priors: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The seed API's response shapes (DESIGN.md §5), prompt-in and image-in."""
-    segmentation = {"masks": masks["masks"], "iou_scores": masks["iou_scores"], "polygons": masks["polygons"],
-                    "boxes": masks.get("boxes", []), "segmented_regions": regions}
+def _assemble(
+    request: PipelineRequest,
+    generated: dict[str, Any] | None,
+    image: str,
+    clip: dict[str, Any],
+    masks: dict[str, Any],
+    regions: list[dict[str, Any]],
+    priors: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The seed API's response shapes, prompt-in and image-in."""
+    segmentation = {
+        "masks": masks["masks"],
+        "iou_scores": masks["iou_scores"],
+        "polygons": masks["polygons"],
+        "boxes": masks.get("boxes", []),
+        "segmented_regions": regions,
+    }
     if generated is not None:
         response = {
             "generated_image": image,
             "seed": generated["seeds"][0],
-            "clip_analysis": {"all_concepts": clip["concepts"], "all_confidence_scores": clip["confidence_scores"],
-                              "global_confident_concept": clip["max_confidence_concept"]},
+            "clip_analysis": {
+                "all_concepts": clip["concepts"],
+                "all_confidence_scores": clip["confidence_scores"],
+                "global_confident_concept": clip["max_confidence_concept"],
+            },
             "segmentation": segmentation,
         }
     else:
         response = {
             "image": image,
-            "clip_analysis": {"concepts": clip["concepts"], "confidence_scores": clip["confidence_scores"],
-                              "max_confidence_concept": clip["max_confidence_concept"]},
+            "clip_analysis": {
+                "concepts": clip["concepts"],
+                "confidence_scores": clip["confidence_scores"],
+                "max_confidence_concept": clip["max_confidence_concept"],
+            },
             "basic_segmentation": segmentation,
         }
     for name, result in priors.items():

@@ -168,7 +168,7 @@ class PeerStack(Stack):
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = bl.WORK / "deployments" / f"{self.name}-{self.plan['profile']}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file = open(self.log_path, "w")  # noqa: SIM115  (closed by stop(): the server outlives this call)
+        self.log_file = open(self.log_path, "w")
         started = time.perf_counter()
         self.process = subprocess.Popen(
             self.command(python),

@@ -9,6 +9,7 @@ A handler's settings are its ``settings_class`` read once from its model-config.
 :meth:`BatchHandler.infer` needs of the batch (each request's index in TorchServe's batch, a way to
 send a stream event) arrives as its ``batch`` argument, never as handler state.
 """
+
 from __future__ import annotations
 
 import abc
@@ -54,7 +55,7 @@ class Batch:
         self.indices = list(indices)
         self._send_lock = threading.Lock()
 
-    def subset(self, positions: list[int]) -> "Batch":
+    def subset(self, positions: list[int]) -> Batch:
         return Batch(self.context, [self.indices[p] for p in positions])
 
     def request_id(self, position: int) -> str:
@@ -69,9 +70,13 @@ class Batch:
 
         context.set_response_content_type(idx, "application/json")
         with self._send_lock:  # one socket back to the frontend, shared by a batch's threads
-            send_intermediate_predict_response({idx: json.dumps(event, separators=(",", ":"))},
-                                               {idx: context.get_request_id(idx)},
-                                               "Intermediate Prediction success", 200, context)
+            send_intermediate_predict_response(
+                {idx: json.dumps(event, separators=(",", ":"))},
+                {idx: context.get_request_id(idx)},
+                "Intermediate Prediction success",
+                200,
+                context,
+            )
 
 
 class BatchHandler(abc.ABC):
@@ -107,8 +112,9 @@ class BatchHandler(abc.ABC):
         take_over_torchserve_envelopes()  # KServe's protocols are opened per request (envelopes.py)
         started = time.perf_counter()
         self.load(context)
-        logger.info("%s loaded on %s (%s) in %.1fs", self.model_label, self.device, self.dtype,
-                    time.perf_counter() - started)
+        logger.info(
+            "%s loaded on %s (%s) in %.1fs", self.model_label, self.device, self.dtype, time.perf_counter() - started
+        )
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
@@ -156,8 +162,10 @@ class BatchHandler(abc.ABC):
                 logger.exception("%s inference failed", self.model_label)
                 return [self.server_error(exc)]
             logger.exception("%s batch of %d failed; retrying one by one", self.model_label, len(requests))
-            return [self.infer_isolating_failures([request], batch.subset([position]))[0]
-                    for position, request in enumerate(requests)]
+            return [
+                self.infer_isolating_failures([request], batch.subset([position]))[0]
+                for position, request in enumerate(requests)
+            ]
 
     def server_error(self, exc: Exception) -> ServerError:
         """The 5xx for an exception a forward raised; out of memory is 507, so a client can retry smaller."""
@@ -188,4 +196,3 @@ class BatchHandler(abc.ABC):
         self.add_metric("BatchSize", size)
         self.add_metric("RejectedRequests", size - valid)
         self.add_metric("HandlerLatency", seconds * 1000.0, unit="ms")
-

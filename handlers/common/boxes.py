@@ -1,4 +1,5 @@
 """Box geometry shared by the handlers: IoU and non-maximum suppression (torchvision's when it imports)."""
+
 from __future__ import annotations
 
 import numpy as np

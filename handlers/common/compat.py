@@ -7,6 +7,7 @@ the workaround below it can go (or must change).
 The client's own TorchServe workarounds (a refused token is 400 ``InvalidKeyException``, gRPC's
 ``PERMISSION_DENIED`` text) live in ``client/auth.py``: the client must import nothing of the server.
 """
+
 from __future__ import annotations
 
 from typing import Any

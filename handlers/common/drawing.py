@@ -5,6 +5,7 @@ No matplotlib and no OpenCV: the colormap is Google's Turbo (Mikhailov, 2019), c
 approximation of the reference table). Used by the ``depth`` and ``pose`` handlers; depends only on
 numpy and Pillow.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -15,16 +16,18 @@ from PIL import Image, ImageDraw
 
 # --- colormap ------------------------------------------------------------------------------------
 
-_TURBO_COEFFS = np.array([  # rows: r, g, b; columns: x^0 .. x^5
-    [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
-    [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
-    [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
-])
+_TURBO_COEFFS = np.array(
+    [  # rows: r, g, b; columns: x^0 .. x^5
+        [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+        [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+        [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+    ]
+)
 
 
 def _turbo_lut() -> np.ndarray:
     x = np.linspace(0.0, 1.0, 256)
-    powers = np.stack([x ** k for k in range(6)])  # (6, 256)
+    powers = np.stack([x**k for k in range(6)])  # (6, 256)
     rgb = (_TURBO_COEFFS @ powers).T  # (256, 3)
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
@@ -51,8 +54,9 @@ def normalize(values: np.ndarray, vmin: float | None = None, vmax: float | None 
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0)
 
 
-def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None,
-             cmap: str = "turbo", invert: bool = False) -> np.ndarray:
+def colorize(
+    values: np.ndarray, vmin: float | None = None, vmax: float | None = None, cmap: str = "turbo", invert: bool = False
+) -> np.ndarray:
     """A 2-D array -> an ``(H, W, 3)`` uint8 RGB picture through the lookup table ``cmap``.
 
     ``invert`` flips the scale (for metric depth, where larger is farther: near stays warm).
@@ -87,15 +91,46 @@ def to_uint16(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
 # --- skeletons -----------------------------------------------------------------------------------
 
 COCO_KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
 )
 
 # COCO's person skeleton, 0-based keypoint indices
 COCO_SKELETON: tuple[tuple[int, int], ...] = (
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+    (15, 13),
+    (13, 11),
+    (16, 14),
+    (14, 12),
+    (11, 12),
+    (5, 11),
+    (6, 12),
+    (5, 6),
+    (5, 7),
+    (6, 8),
+    (7, 9),
+    (8, 10),
+    (1, 2),
+    (0, 1),
+    (0, 2),
+    (1, 3),
+    (2, 4),
+    (3, 5),
+    (4, 6),
 )
 
 _LEFT, _RIGHT, _CENTRE = (255, 140, 0), (0, 170, 255), (60, 220, 60)
@@ -115,9 +150,16 @@ def _limb_colour(a: int, b: int, names: Sequence[str]) -> tuple[int, int, int]:
     return _CENTRE
 
 
-def draw_pose(image: Image.Image, people: Iterable[dict[str, Any]], *, threshold: float = 0.3,
-              scale: float = 1.0, skeleton: Sequence[tuple[int, int]] = COCO_SKELETON,
-              names: Sequence[str] = COCO_KEYPOINT_NAMES, draw_boxes: bool = True) -> Image.Image:
+def draw_pose(
+    image: Image.Image,
+    people: Iterable[dict[str, Any]],
+    *,
+    threshold: float = 0.3,
+    scale: float = 1.0,
+    skeleton: Sequence[tuple[int, int]] = COCO_SKELETON,
+    names: Sequence[str] = COCO_KEYPOINT_NAMES,
+    draw_boxes: bool = True,
+) -> Image.Image:
     """A copy of ``image`` with each person's box, limbs and joints drawn.
 
     ``people`` are dicts with ``keypoints`` ``[[x, y, score], ...]`` (and optionally ``box``

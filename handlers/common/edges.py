@@ -3,6 +3,7 @@
 One helper for everyone who makes one (the client's ``canny`` command, the interpreter): OpenCV's
 Canny on the RGB image, the way ControlNet 1.1's canny model was trained, with its thresholds.
 """
+
 from __future__ import annotations
 
 import cv2

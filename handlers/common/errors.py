@@ -1,4 +1,5 @@
 """Errors that become a per-request HTTP status instead of failing the whole batch."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Image codecs: base64/raw PNG or JPEG in, base64 PNG out, with size limits checked before decoding."""
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,12 @@ def decode_image(value: Any, limits: ImageLimits, field: str = "image") -> Image
         # Pillow refuses, at open, a header declaring over 2 x Image.MAX_IMAGE_PIXELS (~179 Mpx): far
         # over any limit here, so it is the same 413 as the size checks below (not an exception
         # that fails the whole batch)
-        raise LimitError(field, f"declares a decompression-bomb size; the limit is {limits.max_image_side} pixels a side "
-                                f"and {limits.max_image_pixels} pixels", code=413) from None
+        raise LimitError(
+            field,
+            f"declares a decompression-bomb size; the limit is {limits.max_image_side} pixels a side "
+            f"and {limits.max_image_pixels} pixels",
+            code=413,
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise InputError(field, "is not a PNG or JPEG image") from None
     if image.format not in _ALLOWED_FORMATS:
@@ -48,9 +53,13 @@ def decode_image(value: Any, limits: ImageLimits, field: str = "image") -> Image
     if width < 1 or height < 1:
         raise InputError(field, f"has zero size ({width}x{height})")
     if max(width, height) > limits.max_image_side:
-        raise LimitError(field, f"is {width}x{height}; the longest side may be at most {limits.max_image_side}", code=413)
+        raise LimitError(
+            field, f"is {width}x{height}; the longest side may be at most {limits.max_image_side}", code=413
+        )
     if width * height > limits.max_image_pixels:
-        raise LimitError(field, f"is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}", code=413)
+        raise LimitError(
+            field, f"is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}", code=413
+        )
     try:
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -17,6 +17,7 @@ Conventions (the same for every handler and the pipeline):
 :func:`encoded_size_bound` is a strict upper bound on the JSON bytes one encoded mask can take, so
 a handler can prove its worst-case response fits TorchServe's ``max_response_size``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -75,8 +76,9 @@ def mask_area(mask: np.ndarray) -> int:
 def mask_to_polygon(mask: np.ndarray, *, epsilon: float = 1.0, max_points: int = 1000) -> list[list[int]]:
     """Outline of the mask's largest region, simplified to <= ``max_points`` vertices; [] if empty."""
     height, width = mask.shape
-    contours, _ = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     if not contours:
         return []
     largest = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
@@ -113,9 +115,13 @@ def _simplify(contour: np.ndarray, epsilon: float, max_points: int, width: int, 
 def encode_mask(mask: np.ndarray, *, epsilon: float = 1.0, max_points: int = 1000) -> dict[str, Any]:
     """Everything a response says about one mask: ``mask`` (b64 PNG), ``rle``, ``polygon``, ``box``, ``area``."""
     mask = np.asarray(mask, dtype=bool)
-    return {"mask": mask_to_png(mask), "rle": mask_to_rle(mask),
-            "polygon": mask_to_polygon(mask, epsilon=epsilon, max_points=max_points),
-            "box": mask_to_box(mask), "area": mask_area(mask)}
+    return {
+        "mask": mask_to_png(mask),
+        "rle": mask_to_rle(mask),
+        "polygon": mask_to_polygon(mask, epsilon=epsilon, max_points=max_points),
+        "box": mask_to_box(mask),
+        "area": mask_area(mask),
+    }
 
 
 def encoded_size_bound(width: int, height: int, max_points: int = 1000) -> int:
@@ -149,7 +155,7 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """bool (n, h, w) -> (n, 4) float boxes [x1, y1, x2, y2] with exclusive ends; zeros when empty."""
     if masks.numel() == 0:
         return torch.zeros((masks.shape[0], 4), device=masks.device)
-    n, height, width = masks.shape
+    _, height, width = masks.shape
     rows = masks.any(dim=2)
     cols = masks.any(dim=1)
     row_idx = torch.arange(height, device=masks.device)
@@ -166,4 +172,6 @@ def stability_scores(logits: torch.Tensor, threshold: float = 0.0, offset: float
     """SAM's stability score: IoU of the masks thresholded at ``threshold +- offset`` (0 if both empty)."""
     inner = (logits > threshold + offset).flatten(-2).sum(-1, dtype=torch.int64)
     outer = (logits > threshold - offset).flatten(-2).sum(-1, dtype=torch.int64)
-    return torch.where(outer > 0, inner.float() / outer.clamp(min=1).float(), torch.zeros_like(inner, dtype=torch.float))
+    return torch.where(
+        outer > 0, inner.float() / outer.clamp(min=1).float(), torch.zeros_like(inner, dtype=torch.float)
+    )

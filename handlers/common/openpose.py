@@ -9,6 +9,7 @@ joint a filled circle (radius 4 px) at full colour on top. Keypoints under the s
 left out with their limbs (the neck exists only when both shoulders do). Drawn here with OpenCV
 because ``controlnet_aux`` needs torchvision, which does not import on this CPU torch.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,24 @@ import cv2
 import numpy as np
 
 OPENPOSE_KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
-    "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear",
+    "nose",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
 )
 
 # For each OpenPose keypoint, its COCO-17 index (handlers/common/drawing.py COCO_KEYPOINT_NAMES);
@@ -32,24 +48,55 @@ COCO_SHOULDERS = (5, 6)
 # OpenPose's limbs (0-based indices into OPENPOSE_KEYPOINT_NAMES), in its drawing order: neck to
 # shoulders, arms, neck to hips, legs, neck to nose, nose to eyes to ears.
 LIMBS: tuple[tuple[int, int], ...] = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
-    (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+    (1, 2),
+    (1, 5),
+    (2, 3),
+    (3, 4),
+    (5, 6),
+    (6, 7),
+    (1, 8),
+    (8, 9),
+    (9, 10),
+    (1, 11),
+    (11, 12),
+    (12, 13),
+    (1, 0),
+    (0, 14),
+    (14, 16),
+    (0, 15),
+    (15, 17),
 )
 
 # OpenPose's colour table (RGB): limb i is drawn in COLOURS[i], keypoint k in COLOURS[k].
 COLOURS: tuple[tuple[int, int, int], ...] = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
-    (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
-    (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
+    (255, 0, 0),
+    (255, 85, 0),
+    (255, 170, 0),
+    (255, 255, 0),
+    (170, 255, 0),
+    (85, 255, 0),
+    (0, 255, 0),
+    (0, 255, 85),
+    (0, 255, 170),
+    (0, 255, 255),
+    (0, 170, 255),
+    (0, 85, 255),
+    (0, 0, 255),
+    (85, 0, 255),
+    (170, 0, 255),
+    (255, 0, 255),
+    (255, 0, 170),
+    (255, 0, 85),
 )
 
 STICK_HALF_WIDTH = 4  # px: the limb ellipse's minor semi-axis
-JOINT_RADIUS = 4      # px
+JOINT_RADIUS = 4  # px
 LIMB_INTENSITY = 0.6  # limbs at 60 % of their colour (OpenPose blends them 0.6 over the canvas)
 
 
 def openpose_keypoints(coco: Sequence[Sequence[float]], threshold: float) -> list[tuple[float, float] | None]:
     """COCO-17 ``[[x, y, score], ...]`` -> OpenPose's 18 ``(x, y)`` (None where under ``threshold``)."""
+
     def point(index: int) -> tuple[float, float] | None:
         x, y, score = coco[index][:3]
         return (float(x), float(y)) if float(score) >= threshold else None
@@ -60,8 +107,7 @@ def openpose_keypoints(coco: Sequence[Sequence[float]], threshold: float) -> lis
             points.append(point(index))
             continue
         left, right = (point(i) for i in COCO_SHOULDERS)
-        points.append(None if left is None or right is None else
-                      ((left[0] + right[0]) / 2, (left[1] + right[1]) / 2))
+        points.append(None if left is None or right is None else ((left[0] + right[0]) / 2, (left[1] + right[1]) / 2))
     return points
 
 
@@ -75,7 +121,7 @@ def draw_openpose(size: tuple[int, int], people: Iterable[dict[str, Any]], thres
         for limb, (a, b) in enumerate(LIMBS):
             if points[a] is None or points[b] is None:
                 continue
-            (xa, ya), (xb, yb) = points[a], points[b]
+            (xa, ya), (xb, yb) = points[a], points[b]  # type: ignore[misc]  # both checked above
             length = math.hypot(xa - xb, ya - yb)
             angle = math.degrees(math.atan2(ya - yb, xa - xb))
             centre = (int((xa + xb) / 2), int((ya + yb) / 2))

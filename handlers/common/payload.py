@@ -4,13 +4,14 @@ TorchServe hands each request as a dict whose ``body`` (or ``data``) is already-
 bytes (an image sent with ``curl -T``, or JSON it could not decode), or text. Multipart form
 fields arrive as separate keys. Every validator raises :class:`InputError` naming the field.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import InputError, LimitError
 
@@ -32,7 +33,7 @@ def read_payload(row: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(body, list):
         raise InputError("body", "expected a JSON object, got a JSON array")
     if isinstance(body, (bytes, bytearray)):
-        if not body:
+        if not bytes(body).strip():  # nothing, or only whitespace: no image and no JSON
             raise InputError("body", "request body is empty")
         if _looks_like_json(body):
             return _parse_json_object(body.decode("utf-8", errors="replace"))
@@ -75,8 +76,15 @@ def _form_value(key: str, value: Any) -> Any:
 
 def json_type(value: Any) -> str:
     """How JSON would name the type of ``value``, for messages ("got an array")."""
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def reject_unknown(payload: Mapping[str, Any], allowed: Iterable[str]) -> None:
@@ -93,8 +101,21 @@ def require(payload: Mapping[str, Any], key: str) -> Any:
     return payload[key]
 
 
-def get_str(payload: Mapping[str, Any], key: str, *, default: str | None = None,
-            required: bool = False, max_len: int = 10_000, allow_empty: bool = False) -> str | None:
+# the type of a getter's ``default``: with a default of the value's type, the getter never returns None
+StrDefault = TypeVar("StrDefault", str, None)
+IntDefault = TypeVar("IntDefault", int, None)
+FloatDefault = TypeVar("FloatDefault", float, None)
+
+
+def get_str(
+    payload: Mapping[str, Any],
+    key: str,
+    *,
+    default: StrDefault = None,  # type: ignore[assignment]
+    required: bool = False,
+    max_len: int = 10_000,
+    allow_empty: bool = False,
+) -> str | StrDefault:
     value = payload.get(key)
     if value is None:
         if required:
@@ -113,8 +134,15 @@ def check_str(value: Any, field: str, *, max_len: int = 10_000, allow_empty: boo
     return value
 
 
-def get_str_list(payload: Mapping[str, Any], key: str, *, max_items: int, max_len: int = 1_000,
-                 required: bool = False, accept_single: bool = False) -> list[str] | None:
+def get_str_list(
+    payload: Mapping[str, Any],
+    key: str,
+    *,
+    max_items: int,
+    max_len: int = 1_000,
+    required: bool = False,
+    accept_single: bool = False,
+) -> list[str] | None:
     value = payload.get(key)
     if value is None:
         if required:
@@ -141,8 +169,9 @@ def get_bool(payload: Mapping[str, Any], key: str, default: bool = False) -> boo
     return value
 
 
-def check_number(value: Any, field: str, *, integer: bool = False,
-                 minimum: float | None = None, maximum: float | None = None) -> int | float:
+def check_number(
+    value: Any, field: str, *, integer: bool = False, minimum: float | None = None, maximum: float | None = None
+) -> int | float:
     # bool is an int subclass in Python; JSON true is not a number
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(field, f"must be a number, got {json_type(value)}")
@@ -163,16 +192,28 @@ def check_number(value: Any, field: str, *, integer: bool = False,
     return value
 
 
-def get_int(payload: Mapping[str, Any], key: str, *, default: int | None = None,
-            minimum: int | None = None, maximum: int | None = None) -> int | None:
+def get_int(
+    payload: Mapping[str, Any],
+    key: str,
+    *,
+    default: IntDefault = None,  # type: ignore[assignment]
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | IntDefault:
     value = payload.get(key)
     if value is None:
         return default
     return int(check_number(value, key, integer=True, minimum=minimum, maximum=maximum))
 
 
-def get_float(payload: Mapping[str, Any], key: str, *, default: float | None = None,
-              minimum: float | None = None, maximum: float | None = None) -> float | None:
+def get_float(
+    payload: Mapping[str, Any],
+    key: str,
+    *,
+    default: FloatDefault = None,  # type: ignore[assignment]
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float | FloatDefault:
     value = payload.get(key)
     if value is None:
         return default
@@ -193,8 +234,9 @@ def _get_list(payload: Mapping[str, Any], key: str, max_items: int, items: str, 
     return value
 
 
-def get_boxes(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int],
-              max_items: int) -> list[list[float]] | None:
+def get_boxes(
+    payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int], max_items: int
+) -> list[list[float]] | None:
     """``[[x1, y1, x2, y2], ...]`` in pixels of an image of ``image_size`` (width, height)."""
     value = _get_list(payload, key, max_items, "[x1, y1, x2, y2] boxes", "boxes")
     if value is None:
@@ -216,8 +258,9 @@ def get_boxes(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, in
     return boxes
 
 
-def get_points(payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int],
-               max_items: int) -> list[list[float]] | None:
+def get_points(
+    payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int], max_items: int
+) -> list[list[float]] | None:
     """``[[x, y], ...]`` inside an image of ``image_size`` (width, height)."""
     value = _get_list(payload, key, max_items, "[x, y] points", "points")
     if value is None:

@@ -1,4 +1,5 @@
 """Where and how a handler runs: device, dtype, its model-config.yaml section, its weights."""
+
 from __future__ import annotations
 
 import os

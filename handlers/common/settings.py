@@ -5,6 +5,7 @@ and no value, so a key missing from the yaml, a key the class does not know (a t
 ``max_roi``) or a value of the wrong type fails when the worker loads, naming the key, instead of
 being ignored or replaced by a number written somewhere in code.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -6,6 +6,7 @@ Every module exposes
   saved with the library's own ``save_pretrained`` so handlers load every profile the same way;
 - ``PRETRAINED``: ``{directory under root: hub repo id}`` for the ``pretrained`` profile.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

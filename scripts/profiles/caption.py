@@ -7,6 +7,7 @@ Both save a ``BlipProcessor`` whose image processor is the PIL one (BLIP's defau
 imports torchvision, which does not import beside a CPU torch 2.13) and whose tokenizer is a
 ``BertTokenizer`` built in code from a vocabulary dict (no download).
 """
+
 from __future__ import annotations
 
 import string
@@ -21,8 +22,31 @@ PRETRAINED = {"caption": "Salesforce/blip-image-captioning-large"}
 # the encoder's start token. Both follow BERT's 30,522 tokens in the hub's vocabulary.
 _SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _BLIP_TOKENS = ("[DEC]", "[ENC]")
-_WORDS = ("a", "an", "the", "of", "photo", "photograph", "picture", "and", "in", "on", "with", "cat", "dog",
-          "person", "man", "woman", "sitting", "standing", "red", "blue", "car", "street", "table")
+_WORDS = (
+    "a",
+    "an",
+    "the",
+    "of",
+    "photo",
+    "photograph",
+    "picture",
+    "and",
+    "in",
+    "on",
+    "with",
+    "cat",
+    "dog",
+    "person",
+    "man",
+    "woman",
+    "sitting",
+    "standing",
+    "red",
+    "blue",
+    "car",
+    "street",
+    "table",
+)
 # Salesforce/blip-image-captioning-large: ids of [PAD], [UNK], [CLS], [SEP], [MASK] as in BERT's
 # vocabulary, [DEC] = 30522, [ENC] = 30523, 30,524 in all
 _HUB_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
@@ -40,8 +64,17 @@ def vocabulary(full_size: bool) -> dict[str, int]:
     """Characters (and their ``##`` continuations) so any text tokenizes without [UNK], a few
     whole words, BERT's special tokens and BLIP's two. ``full_size`` places them at the hub's ids
     and fills the gaps with ``[unused<i>]`` (as BERT's own vocabulary does) up to 30,524 tokens."""
-    pieces = list(dict.fromkeys([*string.ascii_lowercase, *string.digits, *string.punctuation,
-                                 *(f"##{c}" for c in string.ascii_lowercase + string.digits), *_WORDS]))
+    pieces = list(
+        dict.fromkeys(
+            [
+                *string.ascii_lowercase,
+                *string.digits,
+                *string.punctuation,
+                *(f"##{c}" for c in string.ascii_lowercase + string.digits),
+                *_WORDS,
+            ]
+        )
+    )
     if not full_size:
         return {token: i for i, token in enumerate([*_SPECIAL, *pieces, *_BLIP_TOKENS])}
     by_id: dict[int, str] = {index: token for token, index in _HUB_IDS.items()}
@@ -60,20 +93,56 @@ def build_tokenizer(full_size: bool) -> BertTokenizer:
 
 def config(profile: str, tokenizer: BertTokenizer) -> BlipConfig:
     # generate() starts from the bos token and stops at sep: both must be the tokenizer's ids
-    special = dict(bos_token_id=tokenizer.bos_token_id, sep_token_id=tokenizer.sep_token_id,
-                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     if profile == "tiny":
-        text = dict(vocab_size=len(tokenizer), **special, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, projection_dim=32, max_position_embeddings=512,
-                    initializer_range=_TINY_TEXT_INIT)
-        vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, projection_dim=32, initializer_range=_RANDOM_VISION_INIT)
+        text = dict(
+            vocab_size=len(tokenizer),
+            **special,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            projection_dim=32,
+            max_position_embeddings=512,
+            initializer_range=_TINY_TEXT_INIT,
+        )
+        vision = dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            projection_dim=32,
+            initializer_range=_RANDOM_VISION_INIT,
+        )
         return BlipConfig(text_config=text, vision_config=vision, projection_dim=32, image_text_hidden_size=32)
     # Salesforce/blip-image-captioning-large: ViT-L/16 at 384 and a BERT-base decoder
-    text = dict(vocab_size=_HUB_VOCAB_SIZE, **special, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                num_attention_heads=12, projection_dim=768, max_position_embeddings=512)
-    vision = dict(image_size=384, patch_size=16, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                  num_attention_heads=16, projection_dim=512, initializer_range=_RANDOM_VISION_INIT)
+    text = dict(
+        vocab_size=_HUB_VOCAB_SIZE,
+        **special,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        projection_dim=768,
+        max_position_embeddings=512,
+    )
+    vision = dict(
+        image_size=384,
+        patch_size=16,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        projection_dim=512,
+        initializer_range=_RANDOM_VISION_INIT,
+    )
     return BlipConfig(text_config=text, vision_config=vision, projection_dim=512, image_text_hidden_size=256)
 
 
@@ -84,7 +153,8 @@ def build(profile: str, root: Path) -> None:
     if len(tokenizer) != cfg.text_config.vocab_size:
         raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, the text decoder {cfg.text_config.vocab_size}")
     side = cfg.vision_config.image_size
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": side, "width": side}),
-                              tokenizer=tokenizer)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": side, "width": side}), tokenizer=tokenizer
+    )
     BlipForConditionalGeneration(cfg).save_pretrained(out)
     processor.save_pretrained(out)

@@ -1,4 +1,5 @@
 """CLIP (model ``clip``): ViT-B/32 at full size for ``arch``, a 2-layer toy for ``tiny``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,16 +13,32 @@ PRETRAINED = {"clip": "openai/clip-vit-base-patch32"}
 
 def config(profile: str, tokenizer) -> CLIPConfig:
     # the text model pools at the end-of-text token, so its id must be the tokenizer's
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     if profile == "tiny":
-        text = dict(vocab_size=len(tokenizer), **special, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, max_position_embeddings=77)
-        vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=2)
+        text = dict(
+            vocab_size=len(tokenizer),
+            **special,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        )
+        vision = dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
         return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
     # openai/clip-vit-base-patch32: transformers' CLIP defaults are exactly ViT-B/32
-    return CLIPConfig(text_config=dict(vocab_size=49408, **special), vision_config=dict(patch_size=32), projection_dim=512)
+    return CLIPConfig(
+        text_config=dict(vocab_size=49408, **special), vision_config=dict(patch_size=32), projection_dim=512
+    )
 
 
 def build(profile: str, root: Path) -> None:

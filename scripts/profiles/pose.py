@@ -4,6 +4,7 @@ Two directories under ``pose/``: ``vitpose`` (ViTPose-B simple decoder, COCO-17 
 crops) and ``detector`` (RT-DETR R50-vd, COCO-80 labels, 640x640 input). ``tiny`` shrinks both to
 toy widths and inputs (seconds); ``arch`` is both at full size; both random weights.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,20 +16,108 @@ from transformers.models.vitpose.image_processing_pil_vitpose import VitPoseImag
 PRETRAINED = {"pose/vitpose": "usyd-community/vitpose-base-simple", "pose/detector": "PekingU/rtdetr_r50vd_coco_o365"}
 
 # id2label of usyd-community/vitpose-base-simple
-KEYPOINT_LABELS = ("Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow",
-                   "L_Wrist", "R_Wrist", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle")
+KEYPOINT_LABELS = (
+    "Nose",
+    "L_Eye",
+    "R_Eye",
+    "L_Ear",
+    "R_Ear",
+    "L_Shoulder",
+    "R_Shoulder",
+    "L_Elbow",
+    "R_Elbow",
+    "L_Wrist",
+    "R_Wrist",
+    "L_Hip",
+    "R_Hip",
+    "L_Knee",
+    "R_Knee",
+    "L_Ankle",
+    "R_Ankle",
+)
 
 # id2label of PekingU/rtdetr_r50vd_coco_o365: the 80 COCO classes, contiguous ids, 0 = person
 COCO_LABELS = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 
 
@@ -39,41 +128,94 @@ def _labels(names) -> dict:
 
 def vitpose_config(profile: str) -> VitPoseConfig:
     if profile == "tiny":
-        backbone = dict(model_type="vitpose_backbone", image_size=[64, 48], patch_size=[16, 16], hidden_size=32,
-                        num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, out_indices=[2])
+        backbone = dict(
+            model_type="vitpose_backbone",
+            image_size=[64, 48],
+            patch_size=[16, 16],
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_ratio=2,
+            out_indices=[2],
+        )
     else:  # ViTPose-B: ViT-B/16 on 256x192 crops, last layer into the simple decoder
-        backbone = dict(model_type="vitpose_backbone", image_size=[256, 192], patch_size=[16, 16], hidden_size=768,
-                        num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, out_indices=[12],
-                        layer_norm_eps=1e-6)
+        backbone = dict(
+            model_type="vitpose_backbone",
+            image_size=[256, 192],
+            patch_size=[16, 16],
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            mlp_ratio=4,
+            out_indices=[12],
+            layer_norm_eps=1e-6,
+        )
     return VitPoseConfig(backbone_config=backbone, use_simple_decoder=True, scale_factor=4, **_labels(KEYPOINT_LABELS))
 
 
 def vitpose_processor(config: VitPoseConfig) -> VitPoseImageProcessorPil:
     height, width = config.backbone_config.image_size
-    return VitPoseImageProcessorPil(size={"height": height, "width": width}, do_affine_transform=True,
-                                    normalize_factor=200.0, do_rescale=True, do_normalize=True,
-                                    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    return VitPoseImageProcessorPil(
+        size={"height": height, "width": width},
+        do_affine_transform=True,
+        normalize_factor=200.0,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
 
 
 def detector_config(profile: str) -> RTDetrConfig:
     labels = _labels(COCO_LABELS)
     if profile == "tiny":
-        backbone = dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 24, 32],
-                        depths=[1, 1, 1, 1], layer_type="basic", out_indices=[2, 3, 4])
-        return RTDetrConfig(backbone_config=backbone, encoder_in_channels=[16, 24, 32], encoder_hidden_dim=16,
-                            encoder_ffn_dim=32, encoder_attention_heads=2, d_model=16, decoder_in_channels=[16, 16, 16],
-                            decoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2, decoder_n_points=2,
-                            num_queries=20, num_denoising=0, **labels)
+        backbone = dict(
+            model_type="rt_detr_resnet",
+            embedding_size=8,
+            hidden_sizes=[8, 16, 24, 32],
+            depths=[1, 1, 1, 1],
+            layer_type="basic",
+            out_indices=[2, 3, 4],
+        )
+        return RTDetrConfig(
+            backbone_config=backbone,
+            encoder_in_channels=[16, 24, 32],
+            encoder_hidden_dim=16,
+            encoder_ffn_dim=32,
+            encoder_attention_heads=2,
+            d_model=16,
+            decoder_in_channels=[16, 16, 16],
+            decoder_ffn_dim=32,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_n_points=2,
+            num_queries=20,
+            num_denoising=0,
+            **labels,
+        )
     # rtdetr_r50vd: ResNet-50-vd backbone, the config's defaults otherwise
-    backbone = dict(model_type="rt_detr_resnet", embedding_size=64, hidden_sizes=[256, 512, 1024, 2048],
-                    depths=[3, 4, 6, 3], layer_type="bottleneck", downsample_in_bottleneck=True, out_indices=[2, 3, 4])
+    backbone = dict(
+        model_type="rt_detr_resnet",
+        embedding_size=64,
+        hidden_sizes=[256, 512, 1024, 2048],
+        depths=[3, 4, 6, 3],
+        layer_type="bottleneck",
+        downsample_in_bottleneck=True,
+        out_indices=[2, 3, 4],
+    )
     return RTDetrConfig(backbone_config=backbone, **labels)
 
 
 def detector_processor(side: int) -> RTDetrImageProcessorPil:
     # as the hub's preprocessor_config.json: plain 0..1 scaling, no mean/std normalisation
-    return RTDetrImageProcessorPil(size={"height": side, "width": side}, do_resize=True, resample=2, do_rescale=True,
-                                   do_normalize=False, do_pad=False)
+    return RTDetrImageProcessorPil(
+        size={"height": side, "width": side},
+        do_resize=True,
+        resample=2,
+        do_rescale=True,
+        do_normalize=False,
+        do_pad=False,
+    )
 
 
 def build(profile: str, root: Path) -> None:

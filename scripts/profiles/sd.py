@@ -12,7 +12,7 @@ arch: CompVis/stable-diffusion-v1-4's configs (UNet 320/640/1280/1280 with 768-w
 cross-attention, VAE 128/256/512/512, CLIP ViT-L/14 text encoder), random weights, ~1.07 B
 parameters, ~4 GB in fp32.
 
-ControlNets (DESIGN §11): one ``ControlNetModel`` per control type in ``sd/controlnet/<type>/``,
+ControlNets: one ``ControlNetModel`` per control type in ``sd/controlnet/<type>/``,
 made with ``ControlNetModel.from_unet`` from the profile's UNet (so arch is SD1.5's ControlNet
 architecture, ~361 M parameters, ~1.4 GB in fp32 each) with a conditioning embedding that takes the
 control image down to latent size: one entry more than the VAE's downsamplings (4 for a factor of 8).
@@ -21,6 +21,7 @@ last conv), as training starts; random weights there instead, so a random Contro
 image and the tests can see the control image act. pretrained: lllyasviel's ControlNet 1.1 for SD 1.5
 (openrail licence).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,19 +47,32 @@ PRETRAINED = {
 
 # CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json: the pipeline's own default
 # scheduler, and the noise schedule every alternative the handler offers is built from.
-SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                 set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+)
 
 
 def unet_config(profile: str) -> dict:
     if profile == "tiny":
-        return dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                    # attention on the half-resolution level only (as diffusers' own test UNets): a
-                    # 512x512 image is then 1024 attention tokens, not 4096, so even the largest legal
-                    # batch runs on a CPU inside responseTimeout
-                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+        return dict(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            # attention on the half-resolution level only (as diffusers' own test UNets): a
+            # 512x512 image is then 1024 attention tokens, not 4096, so even the largest legal
+            # batch runs on a CPU inside responseTimeout
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
     # v1-4 unet/config.json; UNet2DConditionModel's defaults are v1's but for these two
     return dict(sample_size=64, cross_attention_dim=768)
 
@@ -66,27 +80,54 @@ def unet_config(profile: str) -> dict:
 def vae_config(profile: str) -> dict:
     if profile == "tiny":
         blocks = (16, 16, 32, 32)  # 4 levels: scale factor 8, as SD's; no mid-block attention (cheap at 512x512)
-        return dict(block_out_channels=blocks, layers_per_block=1, latent_channels=4, sample_size=64,
-                    norm_num_groups=16, mid_block_add_attention=False,
-                    down_block_types=("DownEncoderBlock2D",) * len(blocks),
-                    up_block_types=("UpDecoderBlock2D",) * len(blocks))
+        return dict(
+            block_out_channels=blocks,
+            layers_per_block=1,
+            latent_channels=4,
+            sample_size=64,
+            norm_num_groups=16,
+            mid_block_add_attention=False,
+            down_block_types=("DownEncoderBlock2D",) * len(blocks),
+            up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        )
     blocks = (128, 256, 512, 512)  # v1-4 vae/config.json
-    return dict(block_out_channels=blocks, layers_per_block=2, latent_channels=4, sample_size=512,
-                down_block_types=("DownEncoderBlock2D",) * len(blocks),
-                up_block_types=("UpDecoderBlock2D",) * len(blocks))
+    return dict(
+        block_out_channels=blocks,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+    )
 
 
 def text_config(profile: str, tokenizer) -> CLIPTextConfig:
     # pooling uses the end-of-text id; keep the config's special ids the tokenizer's (as clip.py does)
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     if profile == "tiny":
-        return CLIPTextConfig(vocab_size=len(tokenizer), **special, hidden_size=32, intermediate_size=64,
-                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77)
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            **special,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        )
     # openai/clip-vit-large-patch14's text tower, as v1-4 text_encoder/config.json
-    return CLIPTextConfig(vocab_size=49408, **special, hidden_size=768, intermediate_size=3072,
-                          num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                          projection_dim=768, hidden_act="quick_gelu")
+    return CLIPTextConfig(
+        vocab_size=49408,
+        **special,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
 
 
 def controlnet_embedding_channels(profile: str) -> tuple[int, ...]:

@@ -5,8 +5,8 @@ variants and a handful of merges it tokenizes any text (character-level where no
 Its ids stay below CLIP's real vocabulary size, so the same tokenizer also drives the
 full-size ``arch`` text encoders.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
@@ -14,8 +14,9 @@ _COMMON_WORDS = ("a", "the", "of", "photo", "and", "in", "on", "with", "cat", "d
 
 
 def _byte_alphabet() -> list[str]:
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -52,4 +53,3 @@ def build_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     tokenizer.model_max_length = max_length
     return tokenizer
-

@@ -1,6 +1,7 @@
 """Fine-tuning end to end on the tiny profile: scripts/finetune.sh trains and records a LoRA in MLflow
 (a real SQLite store), scripts/deploy_version.sh serves it as a version of sd on the real server,
 set_default.sh promotes and rolls back, unregister.sh removes it, and serve.sh brings it back."""
+
 from __future__ import annotations
 
 import json
@@ -10,15 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from harness import REPO, ensure_tiny_weights
+from PIL import Image
 
 STEPS = 50
 # the recipe's learning rate (1e-4): on random tiny weights the fixed-batch loss falls steadily but by
 # ~0.1% in 50 steps (1e-3 and above overshoot on 4 images and it rises again)
-TRAIN_FLAGS = ["--steps", str(STEPS), "--rank", "8", "--lr", "0.0001", "--batch", "4", "--sample-every", "25",
-               "--sample-steps", "2", "--held-out", "1"]
+TRAIN_FLAGS = [
+    "--steps",
+    str(STEPS),
+    "--rank",
+    "8",
+    "--lr",
+    "0.0001",
+    "--batch",
+    "4",
+    "--sample-every",
+    "25",
+    "--sample-steps",
+    "2",
+    "--held-out",
+    "1",
+]
 
 
 def write_dataset(root: Path, count: int = 5) -> Path:
@@ -36,8 +50,13 @@ def write_dataset(root: Path, count: int = 5) -> Path:
 
 def finetune(data: Path, data_dir: Path, *flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "DATA_DIR": str(data_dir)}
-    return subprocess.run([str(REPO / "scripts" / "finetune.sh"), "--data", str(data), *flags],
-                          capture_output=True, text=True, env=env, timeout=1800)
+    return subprocess.run(
+        [str(REPO / "scripts" / "finetune.sh"), "--data", str(data), *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
 
 
 def mlflow_client(data_dir: Path):
@@ -62,11 +81,14 @@ def trained(tmp_path_factory):
     return {"summary": summary, "data": data, "data_dir": data_dir}
 
 
-@pytest.mark.parametrize("breakage, message", [
-    ("no_metadata", "metadata.jsonl: missing"),
-    ("bad_image", "1.png is not a readable image"),
-    ("empty_text", ":3: text is empty"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("no_metadata", "metadata.jsonl: missing"),
+        ("bad_image", "1.png is not a readable image"),
+        ("empty_text", ":3: text is empty"),
+    ],
+)
 def test_a_bad_dataset_gets_a_clear_error_before_anything_trains(tmp_path, breakage, message):
     data = write_dataset(tmp_path / "dataset")
     if breakage == "no_metadata":
@@ -87,8 +109,10 @@ def test_training_lowers_the_loss_on_a_fixed_noise_and_timestep_batch(trained):
     client = mlflow_client(trained["data_dir"])
     run = client.get_run(trained["summary"]["run_id"])
     metrics = run.data.metrics
-    print(f"fixed-batch loss {metrics['fixed_batch_loss_before']:.4f} -> {metrics['fixed_batch_loss_after']:.4f}; "
-          f"step loss {trained['summary']['loss_first']:.4f} -> {trained['summary']['loss_last']:.4f}")
+    print(
+        f"fixed-batch loss {metrics['fixed_batch_loss_before']:.4f} -> {metrics['fixed_batch_loss_after']:.4f}; "
+        f"step loss {trained['summary']['loss_first']:.4f} -> {trained['summary']['loss_last']:.4f}"
+    )
     assert metrics["fixed_batch_loss_after"] < metrics["fixed_batch_loss_before"]
 
 
@@ -121,10 +145,16 @@ def test_the_same_seed_gives_the_same_run(tmp_path):
 
 
 def script(name: str, *args: str, server, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TS_CONFIG": str(server.config_path), "TS_KEY_FILE": str(server.key_file),
-           "MODEL_STORE": str(server.model_store), **(env_extra or {})}
-    return subprocess.run([str(REPO / "scripts" / name), *args], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=REPO)
+    env = {
+        **os.environ,
+        "TS_CONFIG": str(server.config_path),
+        "TS_KEY_FILE": str(server.key_file),
+        "MODEL_STORE": str(server.model_store),
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [str(REPO / "scripts" / name), *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
+    )
 
 
 def generate(server, path: str) -> str:
@@ -135,8 +165,13 @@ def generate(server, path: str) -> str:
 
 def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, trained):
     base_before = generate(server, "/predictions/sd")
-    deployed = script("deploy_version.sh", "squares", trained["summary"]["version"], server=server,
-                      env_extra={"DATA_DIR": str(trained["data_dir"])})
+    deployed = script(
+        "deploy_version.sh",
+        "squares",
+        trained["summary"]["version"],
+        server=server,
+        env_extra={"DATA_DIR": str(trained["data_dir"])},
+    )
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     version = deployed.stdout.strip().splitlines()[-1]
     assert version == f"squares-v{trained['summary']['version']}"
@@ -150,8 +185,12 @@ def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, 
         from client import Client, GrpcClient
 
         rest = Client(server.url("inference"), server.url("management"), key_file=server.key_file)
-        grpc = GrpcClient(inference_port=server.ports["grpc_inference"], management_port=server.ports["grpc_management"],
-                          key_file=server.key_file, management_url=server.url("management"))
+        grpc = GrpcClient(
+            inference_port=server.ports["grpc_inference"],
+            management_port=server.ports["grpc_management"],
+            key_file=server.key_file,
+            management_url=server.url("management"),
+        )
         try:
             for api in (rest, grpc):
                 answer = api.generate("a bright square", version=version, seed=5, steps=4)
@@ -163,8 +202,12 @@ def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, 
 
         body = {"image": png_b64(sample_image(64, 64)), "priors": ["canny"], "samples": 1, "seed": 5, "steps": 2}
         for target, model in ((None, "sd"), (version, f"sd@{version}")):
-            answer = server.post("inference", "/predictions/interpret",
-                                 json={**body, **({"sd_version": target} if target else {})}, timeout=300)
+            answer = server.post(
+                "inference",
+                "/predictions/interpret",
+                json={**body, **({"sd_version": target} if target else {})},
+                timeout=300,
+            )
             assert answer.status_code == 200, answer.text
             assert [sample["model"] for sample in answer.json()["samples"]] == [model]
         refused = server.post("inference", "/predictions/interpret", json={**body, "sd_version": "no such/1"})
@@ -191,8 +234,11 @@ def test_deployed_versions_and_the_default_survive_stop_and_serve(trained, tmp_p
     from server import free_ports, render_config
 
     store = tmp_path / "model_store"
-    archived = subprocess.run([str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store), "sd"],
-                              capture_output=True, text=True)
+    archived = subprocess.run(
+        [str(REPO / "scripts" / "archive.sh"), "--profile", "tiny", "--store", str(store), "sd"],
+        capture_output=True,
+        text=True,
+    )
     assert archived.returncode == 0, archived.stderr
     names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
     ports = dict(zip(names, free_ports(len(names))))
@@ -200,12 +246,19 @@ def test_deployed_versions_and_the_default_survive_stop_and_serve(trained, tmp_p
     config.write_text(render_config(store, ports))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    env = {**os.environ, "TS_CONFIG": str(config), "TS_KEY_FILE": str(run_dir / "key_file.json"),
-           "MODEL_STORE": str(store), "TS_RUN_DIR": str(run_dir), "DATA_DIR": str(trained["data_dir"])}
+    env = {
+        **os.environ,
+        "TS_CONFIG": str(config),
+        "TS_KEY_FILE": str(run_dir / "key_file.json"),
+        "MODEL_STORE": str(store),
+        "TS_RUN_DIR": str(run_dir),
+        "DATA_DIR": str(trained["data_dir"]),
+    }
 
     def run(name: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(REPO / "scripts" / name), *args], capture_output=True, text=True, env=env,
-                              timeout=900, cwd=REPO)
+        return subprocess.run(
+            [str(REPO / "scripts" / name), *args], capture_output=True, text=True, env=env, timeout=900, cwd=REPO
+        )
 
     def versions() -> tuple[set[str], str]:
         import requests

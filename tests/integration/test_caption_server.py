@@ -1,4 +1,5 @@
 """`caption` on the real TorchServe: REST (JSON and raw body), gRPC, the CLI, per-request errors, batching."""
+
 import json
 import os
 import subprocess
@@ -26,8 +27,12 @@ def grpc_client(server):
         subprocess.run([str(REPO / "scripts" / "gen_grpc_stubs.sh")], check=True, timeout=120)
     from client import GrpcClient
 
-    client = GrpcClient(inference_port=server.ports["grpc_inference"], management_port=server.ports["grpc_management"],
-                        key_file=server.key_file, management_url=server.url("management"))
+    client = GrpcClient(
+        inference_port=server.ports["grpc_inference"],
+        management_port=server.ports["grpc_management"],
+        key_file=server.key_file,
+        management_url=server.url("management"),
+    )
     yield client
     client.close()
 
@@ -95,8 +100,14 @@ def test_bad_requests_get_json_4xx_naming_the_field_and_leave_the_worker_alive(s
 
 def test_concurrent_requests_are_batched_each_as_alone_and_a_bad_one_fails_alone(server):
     images = [png_b64(sample_image(64, 48, seed=seed)) for seed in range(4)]
-    good = [{"image": images[0]}, {"image": images[1], "prompt": PROMPT}, {"image": images[2], "prompt": "the"},
-            {"image": images[3], "num_beams": 1}, {"image": images[1]}, {"image": images[0], "prompt": PROMPT}]
+    good = [
+        {"image": images[0]},
+        {"image": images[1], "prompt": PROMPT},
+        {"image": images[2], "prompt": "the"},
+        {"image": images[3], "num_beams": 1},
+        {"image": images[1]},
+        {"image": images[0], "prompt": PROMPT},
+    ]
     bad = {"image": images[2], "max_new_tokens": 0}
     alone = [caption_of(server, body) for body in good]
     bodies = [*good, bad]
@@ -119,14 +130,32 @@ def test_cli_prints_the_caption_and_saves_the_json(server, transport, tmp_path, 
     picture = tmp_path / "photo.png"
     IMAGE.save(picture)
     out = tmp_path / "out"
-    common = ["--url", server.url("inference"), "--management-url", server.url("management"),
-              "--key-file", str(server.key_file), "--out", str(out)]
+    common = [
+        "--url",
+        server.url("inference"),
+        "--management-url",
+        server.url("management"),
+        "--key-file",
+        str(server.key_file),
+        "--out",
+        str(out),
+    ]
     if transport == "grpc":
-        common += ["--grpc", "--grpc-inference-port", str(server.ports["grpc_inference"]),
-                   "--grpc-management-port", str(server.ports["grpc_management"])]
-    result = subprocess.run([sys.executable, "-m", "client", *common, "caption", str(picture), "--prompt", PROMPT],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                            timeout=300)
+        common += [
+            "--grpc",
+            "--grpc-inference-port",
+            str(server.ports["grpc_inference"]),
+            "--grpc-management-port",
+            str(server.ports["grpc_management"]),
+        ]
+    result = subprocess.run(
+        [sys.executable, "-m", "client", *common, "caption", str(picture), "--prompt", PROMPT],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     expected = rest.caption(IMAGE, prompt=PROMPT)["caption"]
     printed, saved = result.stdout.splitlines()

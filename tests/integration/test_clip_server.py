@@ -1,4 +1,5 @@
 """`clip` on the real TorchServe: JSON and raw bodies, batching, per-request errors."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 from harness import png_b64, png_bytes, sample_image
@@ -39,8 +40,12 @@ def test_concurrent_requests_are_batched_and_a_bad_one_fails_alone(server):
         with ThreadPoolExecutor(len(bodies)) as pool:
             responses = list(pool.map(lambda b: server.predict("clip", b), bodies))
         assert [r.status_code for r in responses] == [200] * 7 + [400]
-        assert responses[-1].json() == {**responses[-1].json(), "code": 400, "type": "InvalidInput",
-                                        "message": "roi[0]: must be a list of 4 numbers [x1, y1, x2, y2]"}
+        assert responses[-1].json() == {
+            **responses[-1].json(),
+            "code": 400,
+            "type": "InvalidInput",
+            "message": "roi[0]: must be a list of 4 numbers [x1, y1, x2, y2]",
+        }
         batch_sizes += [int(r.headers[BATCH_SIZE_HEADER]) for r in responses]
         if max(batch_sizes) > 1:
             break
@@ -54,8 +59,9 @@ def test_bad_requests_get_json_4xx_and_leave_the_worker_alive(server):
         (b'{"image": ', "body"),
     ]
     for raw, field in cases:
-        response = server.predict("clip", raw=raw, headers={"Content-Type": "application/json"}
-                                  if raw.startswith(b"{") else {})
+        response = server.predict(
+            "clip", raw=raw, headers={"Content-Type": "application/json"} if raw.startswith(b"{") else {}
+        )
         assert response.status_code == 400, response.text
         assert response.json()["message"].startswith(f"{field}: ")
     response = server.predict("clip", {"image": png_b64(sample_image()), "texts": ["x"], "typo": 1})

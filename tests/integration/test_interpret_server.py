@@ -1,5 +1,6 @@
 """`interpret` on the real tiny server: shapes, counts, rank/best, the edited caption reaching sd, the
 stream's order, gRPC, bad input, failures named by stage, and no second copy of any model."""
+
 from __future__ import annotations
 
 import json
@@ -53,18 +54,21 @@ def test_each_mode_shapes_counts_and_ranking(server):
         assert decode_png(prior["control_image"]).size == (SIDE, SIDE)
     assert isinstance(body["priors"]["pose"]["people"], list)
     assert [(s["priors"], s["seed"]) for s in body["samples"]] == [
-        ([p], seed) for p in ("depth", "pose", "canny") for seed in (5, 6)]
+        ([p], seed) for p in ("depth", "pose", "canny") for seed in (5, 6)
+    ]
     for sample in body["samples"]:
         assert decode_png(sample["image"]).size == (SIDE, SIDE)
         assert -1 <= sample["scores"]["caption"] <= 1 and -1 <= sample["scores"]["source"] <= 1
     assert_ranked(body)
-    assert {"caption", "depth", "pose", "canny", "generate_depth", "generate_pose", "generate_canny",
-            "score"} <= set(body["timings"])
+    assert {"caption", "depth", "pose", "canny", "generate_depth", "generate_pose", "generate_canny", "score"} <= set(
+        body["timings"]
+    )
 
 
 def test_combined_mode_gives_samples_from_all_priors_at_once(server):
-    body = interpret(server, {"priors": ["canny", "depth"], "mode": "combined", "samples": 3, "seed": 1,
-                              "caption": "a red bicycle"}).json()
+    body = interpret(
+        server, {"priors": ["canny", "depth"], "mode": "combined", "samples": 3, "seed": 1, "caption": "a red bicycle"}
+    ).json()
     assert [(s["priors"], s["seed"]) for s in body["samples"]] == [(["canny", "depth"], seed) for seed in (1, 2, 3)]
     assert_ranked(body)
     assert "generate" in body["timings"]
@@ -77,11 +81,25 @@ def test_the_edited_caption_is_sds_prompt(server):
     assert body["caption"] == {"text": caption, "edited": True}
     assert requests_to(server, "caption") == captions_before  # BLIP was not called
     # the samples are sd's own answer to that prompt, with that control image and seed, asked directly
-    direct = server.predict("sd", {"prompt": [caption, caption], "seed": 3, **QUICK, "control": [
-        {"type": "canny", "image": body["priors"]["canny"]["control_image"]}]}).json()
+    direct = server.predict(
+        "sd",
+        {
+            "prompt": [caption, caption],
+            "seed": 3,
+            **QUICK,
+            "control": [{"type": "canny", "image": body["priors"]["canny"]["control_image"]}],
+        },
+    ).json()
     assert [s["image"] for s in body["samples"]] == direct["images"]
-    other = server.predict("sd", {"prompt": ["something else"] * 2, "seed": 3, **QUICK, "control": [
-        {"type": "canny", "image": body["priors"]["canny"]["control_image"]}]}).json()
+    other = server.predict(
+        "sd",
+        {
+            "prompt": ["something else"] * 2,
+            "seed": 3,
+            **QUICK,
+            "control": [{"type": "canny", "image": body["priors"]["canny"]["control_image"]}],
+        },
+    ).json()
     assert other["images"][0] != direct["images"][0]  # so the equality above says which prompt sd got
 
 
@@ -122,8 +140,12 @@ def grpc_client(server):
         subprocess.run([str(REPO / "scripts" / "gen_grpc_stubs.sh")], check=True, timeout=120)
     from client import GrpcClient
 
-    client = GrpcClient(inference_port=server.ports["grpc_inference"], management_port=server.ports["grpc_management"],
-                        key_file=server.key_file, management_url=server.url("management"))
+    client = GrpcClient(
+        inference_port=server.ports["grpc_inference"],
+        management_port=server.ports["grpc_management"],
+        key_file=server.key_file,
+        management_url=server.url("management"),
+    )
     yield client
     client.close()
 
@@ -142,16 +164,19 @@ def test_grpc_predictions_and_stream_predictions(server, grpc_client):
     assert refused.value.status == 400 and refused.value.body["message"].startswith("priors[0]: ")
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"priors": ["normals"]}, "priors[0]"),
-    ({"samples": 9}, "samples"),
-    ({"mode": "all"}, "mode"),
-    ({"scales": {"canny": 1}}, "scales.canny"),
-    ({"prior_images": {"depth": "bm90IGFuIGltYWdl"}}, "prior_images.depth"),
-    ({"steps": 80}, "steps"),
-    ({"caption": ""}, "caption"),
-    ({"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"priors": ["normals"]}, "priors[0]"),
+        ({"samples": 9}, "samples"),
+        ({"mode": "all"}, "mode"),
+        ({"scales": {"canny": 1}}, "scales.canny"),
+        ({"prior_images": {"depth": "bm90IGFuIGltYWdl"}}, "prior_images.depth"),
+        ({"steps": 80}, "steps"),
+        ({"caption": ""}, "caption"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_bad_input_is_a_4xx_naming_the_field_before_any_model_runs(server, body, field):
     before = {model: requests_to(server, model) for model in ("caption", "depth", "pose", "sd", "clip")}
     response = interpret(server, body)
@@ -184,9 +209,35 @@ def test_cli_saves_samples_control_images_and_a_contact_sheet(server, tmp_path):
     sample_image(SIDE, SIDE, seed=9).save(photo)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "client", "--url", server.url("inference"), "--management-url", server.url("management"),
-         "--key-file", str(server.key_file), "--out", str(out), "interpret", str(photo), "--priors", "depth", "pose",
-         "--samples", "2", "--steps", "2", "--seed", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "--url",
+            server.url("inference"),
+            "--management-url",
+            server.url("management"),
+            "--key-file",
+            str(server.key_file),
+            "--out",
+            str(out),
+            "interpret",
+            str(photo),
+            "--priors",
+            "depth",
+            "pose",
+            "--samples",
+            "2",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     files = sorted(path.name for path in out.iterdir())
     assert {"interpret_depth.png", "interpret_pose.png", "interpret_contact_sheet.png", "interpret.json"} <= set(files)

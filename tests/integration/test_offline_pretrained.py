@@ -15,6 +15,7 @@ The cache is driven by the builders alone: a new model (or a new directory in a 
 ``PRETRAINED``) joins this test once its ``build("tiny", root)`` writes that directory. A model
 with no entry in ``REQUESTS`` gets ``{"image": <png>}``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -92,11 +93,21 @@ REQUESTS: dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], None]]] = {
     "depth": ({"image": IMAGE}, _check_depth),
     "pose": ({"image": IMAGE, "roi": [[4, 4, 40, 44]]}, _check_pose),
     "caption": ({"image": IMAGE, "prompt": "a photograph of", "max_new_tokens": 5}, _check_caption),
-    "interpret": ({"image": png_b64(sample_image(64, 64)), "priors": ["depth", "pose", "canny"], "mode": "combined",
-                   "samples": 1, "steps": 2}, _check_interpret),
+    "interpret": (
+        {
+            "image": png_b64(sample_image(64, 64)),
+            "priors": ["depth", "pose", "canny"],
+            "mode": "combined",
+            "samples": 1,
+            "steps": 2,
+        },
+        _check_interpret,
+    ),
     "upscale": ({"image": IMAGE, "prompt": "a cat", "steps": 2, "seed": 5}, _check_upscale),
-    "pipeline": ({"image": IMAGE, "texts": ["a cat", "a dog"], "roi": [[4, 4, 40, 40]], "priors": ["depth", "pose"]},
-                 _check_pipeline),
+    "pipeline": (
+        {"image": IMAGE, "texts": ["a cat", "a dog"], "roi": [[4, 4, 40, 40]], "priors": ["depth", "pose"]},
+        _check_pipeline,
+    ),
 }
 
 
@@ -134,8 +145,10 @@ def write_hub_cache(cache: Path, tiny_root: Path) -> dict[str, Path]:
     snapshots = {}
     for directory, repo_id in directories.items():
         source = tiny_root / directory
-        assert source.is_dir(), (f"build('tiny') writes no {directory}/ for {repo_id}: every directory a builder's "
-                                 "PRETRAINED names needs a tiny twin (scripts/profiles/__init__.py)")
+        assert source.is_dir(), (
+            f"build('tiny') writes no {directory}/ for {repo_id}: every directory a builder's "
+            "PRETRAINED names needs a tiny twin (scripts/profiles/__init__.py)"
+        )
         # a directory nested in this one is another repo (sd/controlnet/<type> inside sd/)
         nested = [Path(other) for other in directories if other != directory and Path(other).is_relative_to(directory)]
         files = {}
@@ -149,14 +162,20 @@ def write_hub_cache(cache: Path, tiny_root: Path) -> dict[str, Path]:
 
 # --- the test -------------------------------------------------------------------------------------
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(part) for part in command], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [str(part) for part in command], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def offline_env(cache: Path, **extra: str) -> dict[str, str]:
     # HF_HOME too: nothing of this machine's own Hugging Face state (token, other caches) is read
-    return {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "hf-home"),
-            "HF_HUB_OFFLINE": "1", **extra}
+    return {
+        **os.environ,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HOME": str(cache.parent / "hf-home"),
+        "HF_HUB_OFFLINE": "1",
+        **extra,
+    }
 
 
 def test_pretrained_profile_builds_and_serves_from_an_offline_cache(tmp_path, monkeypatch):
@@ -179,8 +198,10 @@ def test_pretrained_profile_builds_and_serves_from_an_offline_cache(tmp_path, mo
             assert os.path.samefile(target, file.resolve()), f"{target} is not the cache's blob"
 
     store = tmp_path / "model_store"
-    archived = run([REPO / "scripts" / "archive.sh", "--profile", "pretrained", "--store", store],
-                   offline_env(cache, WEIGHTS_ROOT=str(weights)))
+    archived = run(
+        [REPO / "scripts" / "archive.sh", "--profile", "pretrained", "--store", store],
+        offline_env(cache, WEIGHTS_ROOT=str(weights)),
+    )
     assert archived.returncode == 0, archived.stderr[-3000:]
     for name in SERVED:
         with zipfile.ZipFile(store / f"{name}.mar") as archive:
@@ -209,12 +230,17 @@ def test_pretrained_profile_builds_and_serves_from_an_offline_cache(tmp_path, mo
 
 def test_cache_writer_follows_the_hub_layout(tmp_path):
     """The cache written above is one huggingface_hub itself resolves offline (refs/main -> snapshot)."""
-    snapshot = write_repo(tmp_path, "org/some-model", {"config.json": json.dumps({"a": 1}).encode(),
-                                                        "sub/weights.bin": b"\x00\x01"})
-    code = ("import sys, huggingface_hub as h; "
-            "print(h.snapshot_download('org/some-model', cache_dir=sys.argv[1]))")
-    found = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    snapshot = write_repo(
+        tmp_path, "org/some-model", {"config.json": json.dumps({"a": 1}).encode(), "sub/weights.bin": b"\x00\x01"}
+    )
+    code = "import sys, huggingface_hub as h; print(h.snapshot_download('org/some-model', cache_dir=sys.argv[1]))"
+    found = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
     assert found.returncode == 0, found.stderr[-2000:]
     assert Path(found.stdout.strip()) == snapshot
     assert (snapshot / "sub" / "weights.bin").read_bytes() == b"\x00\x01"

@@ -1,4 +1,5 @@
 """The pipeline on the real server, through /wfpredict/pipeline (workflow) and /predictions/pipeline (model)."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -45,8 +46,9 @@ def test_prompt_in(server, path):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_image_in_with_priors(server, path):
-    response = call(server, path, {"image": IMAGE, "texts": ["a", "b"], "roi": [[4, 4, 40, 40]],
-                                   "priors": ["depth", "pose"]})
+    response = call(
+        server, path, {"image": IMAGE, "texts": ["a", "b"], "roi": [[4, 4, 40, 40]], "priors": ["depth", "pose"]}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["image"] == IMAGE
@@ -61,9 +63,14 @@ def test_image_in_with_priors(server, path):
 def test_bad_request_is_a_4xx_on_the_model_and_never_2xx_on_the_workflow(server):
     # TorchServe 0.12's engine replaces a failing node's message with "Error executing <node>":
     # the workflow can refuse (non-2xx, naming the validating node), only the model names the field
-    for body, field in [({"prompt": "x", "image": IMAGE}, "prompt"), ({"image": IMAGE, "priors": ["normals"]}, "priors[0]"),
-                        ({"image": IMAGE, "roi": [[10, 10, 5, 20]]}, "roi[0]"), ({"prompt": ""}, "prompt"),
-                        ({"image": IMAGE, "seed": 1}, "seed"), ({"prompt": "x", "colour": 1}, "colour")]:
+    for body, field in [
+        ({"prompt": "x", "image": IMAGE}, "prompt"),
+        ({"image": IMAGE, "priors": ["normals"]}, "priors[0]"),
+        ({"image": IMAGE, "roi": [[10, 10, 5, 20]]}, "roi[0]"),
+        ({"prompt": ""}, "prompt"),
+        ({"image": IMAGE, "seed": 1}, "seed"),
+        ({"prompt": "x", "colour": 1}, "colour"),
+    ]:
         model = call(server, "/predictions/pipeline", body)
         assert model.status_code == 400, model.text
         assert model.json()["message"].startswith(f"{field}: ")
@@ -103,7 +110,9 @@ def test_models_are_registered_once_and_pipeline_traffic_uses_their_workers(serv
         assert response.status_code == 502, response.text
         assert 'Model "clip" has no worker' in response.json()["message"]
     finally:
-        server.request("management", "PUT", "/models/clip?min_worker=1&max_worker=4&synchronous=true").raise_for_status()
+        server.request(
+            "management", "PUT", "/models/clip?min_worker=1&max_worker=4&synchronous=true"
+        ).raise_for_status()
     server.request("management", "PUT", "/models/clip?min_worker=2&max_worker=4&synchronous=true").raise_for_status()
     assert len(server.describe("clip")["workers"]) == 2
     assert call(server, "/predictions/pipeline", {"image": IMAGE}).status_code == 200

@@ -1,5 +1,6 @@
 """`sd` with `control` on the real TorchServe (tiny weights, three tiny ControlNets), over REST and gRPC;
 and the control images `depth` and `pose` answer, fed back into `sd`."""
+
 import base64
 import os
 import subprocess
@@ -32,8 +33,12 @@ def grpc_client(server):
         subprocess.run([str(REPO / "scripts" / "gen_grpc_stubs.sh")], check=True, timeout=120)
     from client import GrpcClient
 
-    client = GrpcClient(inference_port=server.ports["grpc_inference"], management_port=server.ports["grpc_management"],
-                        key_file=server.key_file, management_url=server.url("management"))
+    client = GrpcClient(
+        inference_port=server.ports["grpc_inference"],
+        management_port=server.ports["grpc_management"],
+        key_file=server.key_file,
+        management_url=server.url("management"),
+    )
     yield client
     client.close()
 
@@ -43,8 +48,9 @@ def body(seed, controls, **fields):
 
 
 def test_control_over_rest_takes_the_control_images_size(server):
-    response = server.predict("sd", body(3, [{"type": "depth", "image": DEPTH},
-                                              {"type": "pose", "image": POSE, "scale": 0.6}]))
+    response = server.predict(
+        "sd", body(3, [{"type": "depth", "image": DEPTH}, {"type": "pose", "image": POSE, "scale": 0.6}])
+    )
     assert response.status_code == 200, response.text
     [image] = response.json()["images"]
     assert decode_png(image).size == (96, 64)  # no width/height: the first control image's size
@@ -66,8 +72,9 @@ def test_same_seed_with_control_is_the_same_image_alone_or_batched(server):
     target = body(1234, [{"type": "depth", "image": DEPTH}])
     alone = server.predict("sd", target)
     assert alone.status_code == 200, alone.text
-    bodies = [target] + [body(900 + i, [{"type": "depth", "image": png_b64(sample_image(96, 64, seed=20 + i))}])
-                         for i in range(5)]
+    bodies = [target] + [
+        body(900 + i, [{"type": "depth", "image": png_b64(sample_image(96, 64, seed=20 + i))}]) for i in range(5)
+    ]
     for _ in range(4):
         with ThreadPoolExecutor(len(bodies)) as pool:
             responses = list(pool.map(lambda b: server.predict("sd", b), bodies))
@@ -103,17 +110,32 @@ def test_depth_and_pose_control_images_drive_sd(server):
     depth_control, pose_control = depth.json()["control_image"], pose.json()["control_image"]
     assert decode_png(depth_control).size == PHOTO.size and decode_png(depth_control).mode == "L"
     assert decode_png(pose_control).size == PHOTO.size and decode_png(pose_control).mode == "RGB"
-    generated = server.predict("sd", body(5, [{"type": "depth", "image": depth_control},
-                                               {"type": "pose", "image": pose_control}]))
+    generated = server.predict(
+        "sd", body(5, [{"type": "depth", "image": depth_control}, {"type": "pose", "image": pose_control}])
+    )
     assert generated.status_code == 200, generated.text
     assert decode_png(generated.json()["images"][0]).size == PHOTO.size
 
 
 def run_cli(server, out, *args):
-    common = ["--url", server.url("inference"), "--management-url", server.url("management"),
-              "--key-file", str(server.key_file), "--out", str(out)]
-    result = subprocess.run([sys.executable, "-m", "client", *common, *args], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    common = [
+        "--url",
+        server.url("inference"),
+        "--management-url",
+        server.url("management"),
+        "--key-file",
+        str(server.key_file),
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "client", *common, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
@@ -129,9 +151,24 @@ def test_cli_saves_the_control_images_and_generates_from_them(server, rest, tmp_
         assert Image.open(out / f"{name}.png").size == PHOTO.size
     assert (np.asarray(Image.open(out / "canny_control.png")) == np.asarray(canny_edges(PHOTO))).all()
     depth, pose = out / "depth_control.png", out / "pose_control.png"
-    printed = run_cli(server, out, "generate", "a dancer", "--steps", "2", "--seed", "4",
-                      "--control", f"depth={depth}", "--control", f"pose={pose}", "--control-scale", "depth=0.8")
+    printed = run_cli(
+        server,
+        out,
+        "generate",
+        "a dancer",
+        "--steps",
+        "2",
+        "--seed",
+        "4",
+        "--control",
+        f"depth={depth}",
+        "--control",
+        f"pose={pose}",
+        "--control-scale",
+        "depth=0.8",
+    )
     assert printed == [str(out / "generated_4.png")]
-    expected = rest.generate("a dancer", steps=2, seed=4,
-                             control=control_entries({"depth": depth, "pose": pose}, {"depth": 0.8}))
+    expected = rest.generate(
+        "a dancer", steps=2, seed=4, control=control_entries({"depth": depth, "pose": pose}, {"depth": 0.8})
+    )
     assert (np.asarray(Image.open(out / "generated_4.png")) == np.asarray(decode_png(expected["images"][0]))).all()

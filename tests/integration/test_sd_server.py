@@ -1,4 +1,5 @@
 """`sd` on the real TorchServe: batching, seeds, limits, progress over HTTP chunked."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 from client.events import json_values
@@ -35,9 +36,13 @@ def test_concurrent_requests_batch_and_seeds_reproduce_bit_for_bit(server):
 
 def test_every_limit_is_a_4xx_naming_the_field(server):
     cases = {
-        "steps": {"steps": 500}, "width": {"width": 100}, "height": {"height": 4096},
-        "prompt": {"prompt": ["p"] * 50}, "scheduler": {"scheduler": "nope"},
-        "guidance_scale": {"guidance_scale": "high"}, "seed": {"seed": -1},
+        "steps": {"steps": 500},
+        "width": {"width": 100},
+        "height": {"height": 4096},
+        "prompt": {"prompt": ["p"] * 50},
+        "scheduler": {"scheduler": "nope"},
+        "guidance_scale": {"guidance_scale": "high"},
+        "seed": {"seed": -1},
     }
     for field, extra in cases.items():
         response = generate(server, **extra)
@@ -47,8 +52,9 @@ def test_every_limit_is_a_4xx_naming_the_field(server):
 
 
 def test_stream_sends_steps_then_the_image_over_http_chunked(server):
-    response = server.post("inference", "/predictions/sd", json={"prompt": "a boat", "steps": 3, "seed": 2,
-                                                                  "stream": True}, stream=True)
+    response = server.post(
+        "inference", "/predictions/sd", json={"prompt": "a boat", "steps": 3, "seed": 2, "stream": True}, stream=True
+    )
     assert response.status_code == 200
     assert response.headers.get("Transfer-Encoding") == "chunked"
     events = json_values(response.iter_content(chunk_size=None))

@@ -1,4 +1,5 @@
 """Shared by the KServe tests: the manifests and storage layouts scripts/kserve.sh writes (tiny profile)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_kserve_sh(out: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / "scripts" / "kserve.sh"), "--out", str(out), *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [str(REPO / "scripts" / "kserve.sh"), "--out", str(out), *args], capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="session")

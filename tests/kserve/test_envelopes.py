@@ -12,6 +12,7 @@ Nothing is registered: the snapshot loads them. The pipeline finds clip and sam 
 The last test shows why the handlers open the envelopes themselves: TorchServe 0.12's own envelopes
 answer every request of a batch of two or more with 503.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,9 @@ def pod(request, local_layouts, tmp_path_factory):
     store = tmp_path_factory.mktemp(f"store-{envelope}")
     for name in LOCAL_MODELS:
         (store / f"{name}.mar").symlink_to(local_layouts / "storage" / name / "model-store" / f"{name}.mar")
-    ts = TorchServe(tmp_path_factory.mktemp(f"pod-{envelope}"), store, config_text=joined_config(local_layouts),
-                    snapshots=True)
+    ts = TorchServe(
+        tmp_path_factory.mktemp(f"pod-{envelope}"), store, config_text=joined_config(local_layouts), snapshots=True
+    )
     ts.env.update(kserve_env(ts.ports, envelope))
     # where the pipeline's stages call clip and sam: this server, in this protocol
     ts.env["MODEL_URLS"] = json.dumps({name: ts.url("inference") for name in ("clip", "sam")})
@@ -127,8 +129,11 @@ def test_clip_and_sam_answer_in_the_protocol(pod):
 
 def test_a_bare_image_instance_is_the_image_field(pod):
     ts, envelope = pod
-    body = {"instances": [IMAGE]} if envelope == V1 else \
-        {"inputs": [{"name": "photo", "shape": [1], "datatype": "BYTES", "data": [IMAGE]}]}
+    body = (
+        {"instances": [IMAGE]}
+        if envelope == V1
+        else {"inputs": [{"name": "photo", "shape": [1], "datatype": "BYTES", "data": [IMAGE]}]}
+    )
     answer = opened(envelope, send(ts, envelope, "clip", body), name="photo")
     assert len(answer["concepts"]) > 10  # the built-in vocabulary
 
@@ -175,8 +180,11 @@ V1_REFUSALS = [
 
 
 def v2(**item: Any) -> dict[str, Any]:
-    return {"inputs": [{"name": "request", "shape": [1], "datatype": "BYTES",
-                        "data": [json.dumps({"image": IMAGE})], **item}]}
+    return {
+        "inputs": [
+            {"name": "request", "shape": [1], "datatype": "BYTES", "data": [json.dumps({"image": IMAGE})], **item}
+        ]
+    }
 
 
 V2_REFUSALS = [
@@ -241,15 +249,27 @@ def predict_through_torchserve(envelope_class: type, bodies: list[dict[str, Any]
     def handle(data: list[Any], context: Any) -> list[str]:  # a handler answering each row it is given
         return [json.dumps({"echo": row}) for row in data]
 
-    service = Service("clip", ".", {"model": {"modelName": "clip", "modelVersion": "1.0"}},
-                      envelope_class(handle).handle, None, len(bodies), metrics_cache=metrics)
+    service = Service(
+        "clip",
+        ".",
+        {"model": {"modelName": "clip", "modelVersion": "1.0"}},
+        envelope_class(handle).handle,
+        None,
+        len(bodies),
+        metrics_cache=metrics,
+    )
     service.set_cl_socket(None)  # the frontend's socket; predict only stores it
-    batch = [{"requestId": f"req-{i}".encode(), "headers": [],
-              "parameters": [{"name": "body", "contentType": "application/json", "value": json.dumps(body).encode()}]}
-             for i, body in enumerate(bodies)]
+    batch = [
+        {
+            "requestId": f"req-{i}".encode(),
+            "headers": [],
+            "parameters": [{"name": "body", "contentType": "application/json", "value": json.dumps(body).encode()}],
+        }
+        for i, body in enumerate(bodies)
+    ]
     message = service.predict(batch)
     code, length = struct.unpack("!ii", message[:8])
-    return code, message[8:8 + length].decode()
+    return code, message[8 : 8 + length].decode()
 
 
 def test_torchserve_0_12_envelopes_answer_a_shared_batch_with_503():

@@ -6,6 +6,7 @@ what can be checked without one: the image starts TorchServe as KServe's kserve-
 that TorchServe in the foreground, every file it copies is in the build context, and the manifests
 name it.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,9 @@ def test_the_entry_point_keeps_torchserve_in_the_foreground(tmp_path):
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     given = subprocess.run([str(ENTRYPOINT), *runtime_args()], env=env, capture_output=True, text=True, check=True)
     assert given.stdout.split() == [*runtime_args()[1:], "--foreground"]
-    again = subprocess.run([str(ENTRYPOINT), "torchserve", "--start", "--foreground"], env=env,
-                           capture_output=True, text=True, check=True)
+    again = subprocess.run(
+        [str(ENTRYPOINT), "torchserve", "--start", "--foreground"], env=env, capture_output=True, text=True, check=True
+    )
     assert again.stdout.split() == ["--start", "--foreground"]
     other = subprocess.run([str(ENTRYPOINT), "echo", "hello"], capture_output=True, text=True, check=True)
     assert other.stdout == "hello\n"

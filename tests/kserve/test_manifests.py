@@ -11,6 +11,7 @@ The CRD's schema accepts any unknown field (Kubernetes prunes them silently), so
 ``properties`` and says nothing of ``additionalProperties`` (and does not preserve unknown fields)
 gets ``additionalProperties: false``, and a test shows the typo failing.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,16 +37,21 @@ def crd_path() -> Path:
     configured = os.environ.get("KSERVE_CRD")
     if configured and Path(configured).is_file():
         return Path(configured)
-    pytest.fail(f"KServe's InferenceService CRD is neither at {shared} nor at $KSERVE_CRD ({configured!r}): "
-                f"set KSERVE_CRD to a copy of {CRD_NAME} from kserve/kserve (config/crd/full)")
+    pytest.fail(
+        f"KServe's InferenceService CRD is neither at {shared} nor at $KSERVE_CRD ({configured!r}): "
+        f"set KSERVE_CRD to a copy of {CRD_NAME} from kserve/kserve (config/crd/full)"
+    )
 
 
 def close(schema: Any) -> Any:
     """The schema with unknown fields refused wherever it names its fields."""
     if isinstance(schema, dict):
         closed = {key: close(value) for key, value in schema.items()}
-        if ("properties" in closed and "additionalProperties" not in closed
-                and not closed.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in closed
+            and "additionalProperties" not in closed
+            and not closed.get("x-kubernetes-preserve-unknown-fields")
+        ):
             closed["additionalProperties"] = False
         return closed
     if isinstance(schema, list):
@@ -71,8 +77,7 @@ def documents(out: Path, folder: str) -> dict[str, dict[str, Any]]:
 
 
 def errors(validator: jsonschema.Draft7Validator, document: dict[str, Any]) -> list[str]:
-    return [f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
-            for error in validator.iter_errors(document)]
+    return [f"{'.'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(document)]
 
 
 def test_every_inference_service_matches_the_closed_crd_schema(kserve_out, validator):
@@ -142,8 +147,11 @@ def test_the_pod_config_is_the_servers_config_as_kserve_runs_it(kserve_out):
     assert pod["management_address"] == "http://127.0.0.1:8081"
     assert pod["grpc_inference_address"] == pod["grpc_management_address"] == "127.0.0.1"
     assert pod["model_store"] == "/mnt/models/model-store"
-    assert (pod["enable_envvars_config"], pod["disable_token_authorization"], pod["enable_model_api"]) == \
-        ("true", "true", "false")
+    assert (pod["enable_envvars_config"], pod["disable_token_authorization"], pod["enable_model_api"]) == (
+        "true",
+        "true",
+        "false",
+    )
     # the archive reads its weights where KServe mounts the storage, and the layout carries them
     with zipfile.ZipFile(kserve_out / "storage" / "clip" / "model-store" / "clip.mar") as mar:
         handler = yaml.safe_load(mar.read("model-config.yaml"))["handler"]
@@ -181,14 +189,29 @@ def test_kustomization_lists_every_manifest(kserve_out):
 def test_options_reach_the_manifests(tmp_path, validator):
     import kserve_manifests
 
-    options = kserve_manifests.parse_args(["--out", str(tmp_path), "--namespace", "vision", "--storage-uri-prefix",
-                                           "s3://bucket/ii/", "--protocol", "v2", "--image", "registry.example/ii:1"])
+    options = kserve_manifests.parse_args(
+        [
+            "--out",
+            str(tmp_path),
+            "--namespace",
+            "vision",
+            "--storage-uri-prefix",
+            "s3://bucket/ii/",
+            "--protocol",
+            "v2",
+            "--image",
+            "registry.example/ii:1",
+        ]
+    )
     service = kserve_manifests.inference_service("clip", kserve_manifests.model_config("clip", "tiny"), options, None)
     assert errors(validator, service) == []
     model = service["spec"]["predictor"]["model"]
     assert service["metadata"]["namespace"] == "vision"
-    assert (model["storageUri"], model["protocolVersion"], model["image"]) == \
-        ("s3://bucket/ii/clip", "v2", "registry.example/ii:1")
+    assert (model["storageUri"], model["protocolVersion"], model["image"]) == (
+        "s3://bucket/ii/clip",
+        "v2",
+        "registry.example/ii:1",
+    )
 
 
 def test_a_model_without_a_kserve_section_is_refused_naming_it():
@@ -198,8 +221,10 @@ def test_a_model_without_a_kserve_section_is_refused_naming_it():
     del config["kserve"]
     assert kserve_manifests.kserve_problems("clip", config) == [
         "models/clip/model-config.yaml has no kserve: section (keys: minReplicas, maxReplicas, scaleTarget, gpus, "
-        "resources)"]
+        "resources)"
+    ]
     config = kserve_manifests.model_config("clip", "tiny")
     config["kserve"]["maxReplica"] = 3
     assert kserve_manifests.kserve_problems("clip", config) == [
-        "models/clip/model-config.yaml kserve.maxReplica: unknown key"]
+        "models/clip/model-config.yaml kserve.maxReplica: unknown key"
+    ]

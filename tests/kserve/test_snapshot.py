@@ -8,6 +8,7 @@ batching, timeouts from its yaml). TorchServe is started as KServe's runtime sta
 loopback ports through ``TS_*`` variables, from the unmodified generated config; nothing is
 registered. Every pod start, first or after a restart, is this start: a container starts afresh.
 """
+
 from __future__ import annotations
 
 import yaml
@@ -22,8 +23,12 @@ from handlers.common.envelopes import V1
 def test_a_pod_comes_up_with_its_model_registered_from_the_config_alone(local_layouts, tmp_path):
     layout = local_layouts / "storage" / "clip"
     config = yaml.safe_load((REPO / "models" / "clip" / "model-config.yaml").read_text())
-    ts = TorchServe(tmp_path / "pod", layout / "model-store",
-                    config_text=(layout / "config" / "config.properties").read_text(), snapshots=True)
+    ts = TorchServe(
+        tmp_path / "pod",
+        layout / "model-store",
+        config_text=(layout / "config" / "config.properties").read_text(),
+        snapshots=True,
+    )
     ts.env.update(kserve_env(ts.ports, V1))
     ts.start()
     try:
@@ -34,8 +39,11 @@ def test_a_pod_comes_up_with_its_model_registered_from_the_config_alone(local_la
         for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay"):
             assert described[key] == config[key], key
         assert len([w for w in described["workers"] if w["status"] == "READY"]) == config["minWorkers"]
-        answer = ts.post("inference", "/v1/models/clip:predict",
-                         json={"instances": [{"image": png_b64(sample_image()), "texts": ["cat", "dog"]}]})
+        answer = ts.post(
+            "inference",
+            "/v1/models/clip:predict",
+            json={"instances": [{"image": png_b64(sample_image()), "texts": ["cat", "dog"]}]},
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"][0]["concepts"] == ["cat", "dog"]
         # the pod's model set is its snapshot: management (on loopback) registers nothing

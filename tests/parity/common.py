@@ -5,6 +5,7 @@ tiny profile's, as scripts/archive.sh writes it into each model-config.yaml) wit
 classes, and runs the library's own pre- and post-processing. Nothing of handlers/ is used on that
 side, so a handler that drifts from its library fails here.
 """
+
 from __future__ import annotations
 
 import base64

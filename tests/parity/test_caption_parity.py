@@ -8,6 +8,7 @@ out are the served model-config.yaml's, read from its rendered config.
 
 Tolerance: none; the same token ids decode to the same text.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -46,8 +47,9 @@ def test_caption_equals_blip_generate(server, reference, options):
     for seed in (0, 1):
         image = sample_image(64, 48, seed=seed)
         served = ok(server.predict("caption", {"image": png_b64(image), **options}))
-        expected = reference_caption(reference, image, options.get("prompt"), expected_settings["max_new_tokens"],
-                                     expected_settings["num_beams"])
+        expected = reference_caption(
+            reference, image, options.get("prompt"), expected_settings["max_new_tokens"], expected_settings["num_beams"]
+        )
         assert served["caption"] == expected
         captions.append(expected)
     # the images caption differently, so matching them is not matching a constant

@@ -9,6 +9,7 @@ requests (encoded with another batch's padding) and multiplies normalised embedd
 Tolerance: 1e-5 absolute on every probability (float32 sums in other orders and paddings), and the
 same best concept.
 """
+
 from __future__ import annotations
 
 import numpy as np

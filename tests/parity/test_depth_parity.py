@@ -19,6 +19,7 @@ Tolerance: ``min`` and ``max`` within 1e-5 relative, and the decoded 16-bit map
 (measured: 0.501 of a step). The tiny weights' maps span ~1e-7 (38 % of pixels 0 after the head's
 ReLU): every tolerance here is relative to the map's own range, so that does not loosen it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -77,11 +78,17 @@ def test_other_sizes_equal_the_library_calls_made_the_documented_way(server, ref
     processor, model = reference
     height, width = model_side(processor)
     for image in (sample_image(80, 60, seed=5), sample_image(31, 70, seed=6)):
-        inputs = processor(images=image, return_tensors="pt", size={"height": height, "width": width},
-                           keep_aspect_ratio=False)
+        inputs = processor(
+            images=image, return_tensors="pt", size={"height": height, "width": width}, keep_aspect_ratio=False
+        )
         outputs = model(**inputs)
-        expected = F.interpolate(outputs.predicted_depth[:, None], size=(image.height, image.width), mode="bilinear",
-                                 align_corners=False)[0, 0].numpy().astype(np.float64)
+        expected = (
+            F.interpolate(
+                outputs.predicted_depth[:, None], size=(image.height, image.width), mode="bilinear", align_corners=False
+            )[0, 0]
+            .numpy()
+            .astype(np.float64)
+        )
         served_map, served = served_depth(server, image)
         assert_depth(served_map, served, expected)
         # the bicubic post-processing differs (documented choice 2) by far more than the tolerance:

@@ -18,6 +18,7 @@ the image, box and score within the rounding, the best one first. On the served 
 which random weights never reach) the library finds no person either, and the server falls back
 to the whole image.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,10 @@ def test_keypoints_on_roi_boxes_equal_vitpose(server, vitpose):
 def low_threshold_pose(server, model_store):
     """The served pose archive, registered a second time with ``DETECTOR_OVERRIDES``, so detections exist."""
     name = "pose_detector_parity"
-    with zipfile.ZipFile(model_store / "pose.mar") as source, \
-            zipfile.ZipFile(model_store / f"{name}.mar", "w", zipfile.ZIP_DEFLATED) as target:
+    with (
+        zipfile.ZipFile(model_store / "pose.mar") as source,
+        zipfile.ZipFile(model_store / f"{name}.mar", "w", zipfile.ZIP_DEFLATED) as target,
+    ):
         for item in source.infolist():
             data = source.read(item)
             if item.filename == "model-config.yaml":
@@ -119,8 +122,9 @@ def reference_person_boxes(detector, image, threshold: float, min_side: float) -
     outputs = model(**processor(images=image, return_tensors="pt"))
     person = [int(i) for i, name in model.config.id2label.items() if name == "person"]
     person_only = RTDetrObjectDetectionOutput(logits=outputs.logits[..., person], pred_boxes=outputs.pred_boxes)
-    found = processor.post_process_object_detection(person_only, threshold=threshold,
-                                                     target_sizes=[(image.height, image.width)])[0]
+    found = processor.post_process_object_detection(
+        person_only, threshold=threshold, target_sizes=[(image.height, image.width)]
+    )[0]
     boxes = found["boxes"].numpy().astype(np.float64)
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image.width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image.height)

@@ -12,6 +12,7 @@ with it (a logit within float rounding of the threshold may flip a pixel), and e
 within 1e-7 + 0.1 % of the reference's (the tiny weights' scores are ~1e-4, so an absolute
 tolerance alone would not be tight). Measured: 0 pixels differ, scores within 4e-9.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,9 @@ def reference_masks(reference, image, multimask: bool, **prompts) -> tuple[np.nd
     inputs = processor(images=image, return_tensors="pt", **prompts)
     outputs = model(**inputs, multimask_output=multimask)
     threshold = float(handler_settings("sam").get("mask_threshold", 0.0))
-    masks = processor.image_processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"],
-                                                         inputs["reshaped_input_sizes"], mask_threshold=threshold)
+    masks = processor.image_processor.post_process_masks(
+        outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"], mask_threshold=threshold
+    )
     return masks[0].flatten(0, 1).numpy(), outputs.iou_scores[0].flatten().numpy()
 
 
@@ -86,6 +88,7 @@ def test_points_refining_boxes(server, reference):
     served = ok(server.predict("sam", {"image": png_b64(IMAGE), "roi": BOXES, "points": POINTS[:2]}))
     # the handler's documented meaning: the points join every box's prompt
     points = [[POINTS[:2]] * len(BOXES)]
-    masks, scores = reference_masks(reference, IMAGE, False, input_boxes=[BOXES], input_points=points,
-                                    input_labels=[[[1, 1]] * len(BOXES)])
+    masks, scores = reference_masks(
+        reference, IMAGE, False, input_boxes=[BOXES], input_points=points, input_labels=[[[1, 1]] * len(BOXES)]
+    )
     assert_masks(served, masks, scores)

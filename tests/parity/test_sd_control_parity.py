@@ -14,6 +14,7 @@ Tolerance, as the plain sd parity test (tests/parity/test_sd_parity.py): at most
 any value and at most 0.5 % of the values off at all, for float sums the worker's and this
 process's thread counts may round apart (measured: 0 differing values).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,37 +38,82 @@ def controlnets():
 def reference_image(controlnets, kinds, scales, starts, ends, *, prompt, seed, steps, guidance, width, height):
     nets = [controlnets[kind] for kind in kinds]
     controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(served_weights("sd"), controlnet=controlnet,
-                                                             safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        served_weights("sd"), controlnet=controlnet, safety_checker=None, requires_safety_checker=False
+    )
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     images = [CONTROL_IMAGES[kind] for kind in kinds]
     one = len(kinds) == 1
-    return pipe(prompt, image=images[0] if one else images, negative_prompt=handler_settings("sd")["negative_prompt"],
-                controlnet_conditioning_scale=scales[0] if one else scales,
-                control_guidance_start=starts[0] if one else starts, control_guidance_end=ends[0] if one else ends,
-                num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    return pipe(
+        prompt,
+        image=images[0] if one else images,
+        negative_prompt=handler_settings("sd")["negative_prompt"],
+        controlnet_conditioning_scale=scales[0] if one else scales,
+        control_guidance_start=starts[0] if one else starts,
+        control_guidance_end=ends[0] if one else ends,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        width=width,
+        height=height,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
 
 
 CASES = [
     # (control types in diffusers' order, scales, starts, ends, seed, steps, guidance, width, height)
     pytest.param(["depth"], [1.0], [0.0], [1.0], 7, 4, 7.5, 96, 64, id="depth"),
     pytest.param(["pose"], [0.6], [0.25], [1.0], 11, 4, 5.0, 64, 96, id="pose-scaled-late-start-resized"),
-    pytest.param(["depth", "pose", "canny"], [1.0, 0.8, 1.5], [0.0, 0.0, 0.2], [1.0, 0.5, 1.0], 3, 4, 7.5, 96, 64,
-                 id="multi-three"),
+    pytest.param(
+        ["depth", "pose", "canny"],
+        [1.0, 0.8, 1.5],
+        [0.0, 0.0, 0.2],
+        [1.0, 0.5, 1.0],
+        3,
+        4,
+        7.5,
+        96,
+        64,
+        id="multi-three",
+    ),
 ]
 
 
 @pytest.mark.parametrize("kinds,scales,starts,ends,seed,steps,guidance,width,height", CASES)
-def test_served_control_image_equals_diffusers_controlnet_pipeline(server, controlnets, kinds, scales, starts, ends,
-                                                                   seed, steps, guidance, width, height):
+def test_served_control_image_equals_diffusers_controlnet_pipeline(
+    server, controlnets, kinds, scales, starts, ends, seed, steps, guidance, width, height
+):
     assert handler_settings("sd")["scheduler"] == "dpm++"  # what the reference's scheduler assumes
     prompt = "a dancer on a stage"
-    controls = [{"type": kind, "image": png_b64(CONTROL_IMAGES[kind]), "scale": scale, "start": start, "end": end}
-                for kind, scale, start, end in zip(kinds, scales, starts, ends)]
-    served = ok(server.predict("sd", {"prompt": prompt, "seed": seed, "steps": steps, "guidance_scale": guidance,
-                                      "width": width, "height": height, "control": controls[::-1]}))
-    reference = reference_image(controlnets, kinds, scales, starts, ends, prompt=prompt, seed=seed, steps=steps,
-                                guidance=guidance, width=width, height=height)
+    controls = [
+        {"type": kind, "image": png_b64(CONTROL_IMAGES[kind]), "scale": scale, "start": start, "end": end}
+        for kind, scale, start, end in zip(kinds, scales, starts, ends)
+    ]
+    served = ok(
+        server.predict(
+            "sd",
+            {
+                "prompt": prompt,
+                "seed": seed,
+                "steps": steps,
+                "guidance_scale": guidance,
+                "width": width,
+                "height": height,
+                "control": controls[::-1],
+            },
+        )
+    )
+    reference = reference_image(
+        controlnets,
+        kinds,
+        scales,
+        starts,
+        ends,
+        prompt=prompt,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+    )
     assert_same_image(decode_png_array(served["images"][0]), np.asarray(reference))

@@ -11,6 +11,7 @@ ControlNets' residuals per image: none of that may change a pixel.
 
 Tolerance: as test_sd_parity.py (at most 1 level, at most 0.5 % of the values; measured 0).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,11 @@ def reference_image(controlnets, controls: list[dict], prompt: str, seed: int, s
     controls = sorted(controls, key=lambda c: ORDER.index(c["type"]))
     nets = [controlnets[c["type"]] for c in controls]
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        served_weights("sd"), controlnet=nets[0] if len(nets) == 1 else nets, safety_checker=None,
-        requires_safety_checker=False)
+        served_weights("sd"),
+        controlnet=nets[0] if len(nets) == 1 else nets,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     one = len(controls) == 1
 
@@ -45,11 +49,19 @@ def reference_image(controlnets, controls: list[dict], prompt: str, seed: int, s
         values = [float(c.get(name, defaults[name])) for c in controls]
         return values[0] if one else values
 
-    image = pipe(prompt, image=CONTROL if one else [CONTROL] * len(controls), num_inference_steps=steps,
-                 guidance_scale=float(handler_settings("sd")["guidance_scale"]), width=SIDE, height=SIDE,
-                 negative_prompt=handler_settings("sd").get("negative_prompt") or "",
-                 controlnet_conditioning_scale=option("scale"), control_guidance_start=option("start"),
-                 control_guidance_end=option("end"), generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    image = pipe(
+        prompt,
+        image=CONTROL if one else [CONTROL] * len(controls),
+        num_inference_steps=steps,
+        guidance_scale=float(handler_settings("sd")["guidance_scale"]),
+        width=SIDE,
+        height=SIDE,
+        negative_prompt=handler_settings("sd").get("negative_prompt") or "",
+        controlnet_conditioning_scale=option("scale"),
+        control_guidance_start=option("start"),
+        control_guidance_end=option("end"),
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
     return np.asarray(image)
 
 
@@ -62,8 +74,15 @@ CASES = [
 @pytest.mark.parametrize("controls", CASES)
 def test_served_image_equals_diffusers_controlnet_pipeline(server, controlnets, controls):
     # the default scheduler: the weights' own, as StableDiffusionControlNetPipeline.from_pretrained loads it
-    body = {"prompt": "a house by a lake", "seed": 21, "steps": 3, "width": SIDE, "height": SIDE,
-            "scheduler": "default", "control": [{**c, "image": png_b64(CONTROL)} for c in controls]}
+    body = {
+        "prompt": "a house by a lake",
+        "seed": 21,
+        "steps": 3,
+        "width": SIDE,
+        "height": SIDE,
+        "scheduler": "default",
+        "control": [{**c, "image": png_b64(CONTROL)} for c in controls],
+    }
     served = ok(server.predict("sd", body))
     reference = reference_image(controlnets, controls, body["prompt"], body["seed"], body["steps"])
     assert_same_image(decode_png_array(served["images"][0]), reference)

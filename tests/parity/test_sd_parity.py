@@ -12,6 +12,7 @@ off at all. The worker and this process may run oneDNN with different thread cou
 float sums can round apart by ~1e-6 before the uint8 conversion; in practice the images are
 identical (measured: 0 differing values).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,14 +27,25 @@ SCHEDULER_CLASSES = {"default": None, "dpm++": DPMSolverMultistepScheduler, "eul
 
 @pytest.fixture(scope="module")
 def reference_pipe():
-    pipe = StableDiffusionPipeline.from_pretrained(served_weights("sd"), safety_checker=None,
-                                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        served_weights("sd"), safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def reference_images(pipe, scheduler: str, prompts: list[str], seeds: list[int], *, negative: str,
-                     steps: int, guidance: float, width: int, height: int) -> list[np.ndarray]:
+def reference_images(
+    pipe,
+    scheduler: str,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    negative: str,
+    steps: int,
+    guidance: float,
+    width: int,
+    height: int,
+) -> list[np.ndarray]:
     own = pipe.scheduler
     cls = SCHEDULER_CLASSES[scheduler]
     if cls is not None:
@@ -41,8 +53,15 @@ def reference_images(pipe, scheduler: str, prompts: list[str], seeds: list[int],
     try:
         images = []
         for prompt, seed in zip(prompts, seeds):  # one call per image, each with its own seed
-            image = pipe(prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
-                         width=width, height=height, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+            image = pipe(
+                prompt,
+                negative_prompt=negative,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                width=width,
+                height=height,
+                generator=torch.Generator("cpu").manual_seed(seed),
+            ).images[0]
             images.append(np.asarray(image))
         return images
     finally:
@@ -58,18 +77,35 @@ CASES = [
 
 
 @pytest.mark.parametrize("scheduler,prompts,seed,negative,steps,guidance,width,height", CASES)
-def test_served_image_equals_diffusers_pipeline(server, reference_pipe, scheduler, prompts, seed, negative, steps,
-                                                guidance, width, height):
-    body = {"prompt": prompts if len(prompts) > 1 else prompts[0], "seed": seed, "steps": steps,
-            "guidance_scale": guidance, "width": width, "height": height, "scheduler": scheduler}
+def test_served_image_equals_diffusers_pipeline(
+    server, reference_pipe, scheduler, prompts, seed, negative, steps, guidance, width, height
+):
+    body = {
+        "prompt": prompts if len(prompts) > 1 else prompts[0],
+        "seed": seed,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "width": width,
+        "height": height,
+        "scheduler": scheduler,
+    }
     if negative is not None:
         body["negative_prompt"] = negative
     served = ok(server.predict("sd", body))
     seeds = [seed + i for i in range(len(prompts))]
     assert served["seeds"] == seeds
     negative_prompt = negative if negative is not None else handler_settings("sd").get("negative_prompt") or ""
-    references = reference_images(reference_pipe, scheduler, prompts, seeds, negative=negative_prompt, steps=steps,
-                                  guidance=guidance, width=width, height=height)
+    references = reference_images(
+        reference_pipe,
+        scheduler,
+        prompts,
+        seeds,
+        negative=negative_prompt,
+        steps=steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+    )
     assert len(served["images"]) == len(references)
     for image, reference in zip(served["images"], references):
         assert_same_image(decode_png_array(image), reference)

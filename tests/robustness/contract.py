@@ -10,6 +10,7 @@ tests/test_openapi.py checks that every annotated value equals its source; the f
 the same annotations against its own, smaller limits (:func:`with_limits`), so the document drives
 both and no limit is written a second time.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,9 +26,22 @@ OPENAPI = REPO / "docs" / "openapi.yaml"
 MODELS_DIR = REPO / "models"
 
 # JSON Schema keywords that bound a value (and the document's own x- ones for what JSON Schema cannot say)
-LIMIT_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
-                  "minLength", "maxLength", "multipleOf", "x-max-image-side", "x-max-image-pixels",
-                  "x-max-pixels", "x-max-response-bytes", "x-max-detected")
+LIMIT_KEYWORDS = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "multipleOf",
+    "x-max-image-side",
+    "x-max-image-pixels",
+    "x-max-pixels",
+    "x-max-response-bytes",
+    "x-max-detected",
+)
 
 Limits = Mapping[str, Mapping[str, Any]]  # model -> handler.limits
 

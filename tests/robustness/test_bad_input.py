@@ -1,5 +1,6 @@
 """Malformed requests to every model and both pipeline paths: each gets a 4xx JSON naming the problem
 (the workflow: a non-2xx naming the node), none restarts a worker, good requests beside them succeed."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -8,27 +9,25 @@ from typing import Any
 
 import numpy as np
 import requests
-from PIL import Image
-
 from harness import png_bytes, sample_image
-from robustness.tools import (all_worker_pids, b64, encoded, good_image, jpeg_declaring, limits, png_header,
-                              properties)
+from PIL import Image
+from robustness.tools import all_worker_pids, b64, encoded, good_image, jpeg_declaring, limits, png_header, properties
 
-IMAGE = good_image(64, 48)          # a legal 64x48 PNG (base64)
+IMAGE = good_image(64, 48)  # a legal 64x48 PNG (base64)
 RAW = png_bytes(sample_image(64, 48))
 BOMB = png_header(100_000, 100_000)  # 57 bytes declaring 10 gigapixels
-HUGE_INT = "1" + "0" * 400          # a JSON integer no float can hold
-DIGITS_5000 = "1" * 5000            # over Python's 4300-digit int conversion limit
+HUGE_INT = "1" + "0" * 400  # a JSON integer no float can hold
+DIGITS_5000 = "1" * 5000  # over Python's 4300-digit int conversion limit
 DEEP = "[" * 100_000 + "]" * 100_000  # nested past the JSON parser's recursion limit
 
 
 @dataclass
 class Case:
     name: str
-    path: str                 # /predictions/<model> or /wfpredict/pipeline
-    field: str                # the handler's message starts with "<field>: "; the workflow names this node
-    json: Any = None          # sent as JSON
-    text: str | None = None   # sent verbatim as application/json (NaN, Infinity, broken JSON)
+    path: str  # /predictions/<model> or /wfpredict/pipeline
+    field: str  # the handler's message starts with "<field>: "; the workflow names this node
+    json: Any = None  # sent as JSON
+    text: str | None = None  # sent verbatim as application/json (NaN, Infinity, broken JSON)
     raw: bytes | None = None  # sent verbatim with no content type (TorchServe's raw image body)
     status: int = 400
     content_type: str = "application/json"  # for ``text``
@@ -49,8 +48,10 @@ def model(name: str, case: str, field: str, *, status: int = 400, **body: Any) -
 def pipeline(case: str, field: str, *, node: str = "prepare", status: int = 400, **body: Any) -> list[Case]:
     """The same request to the pipeline model (a proper 4xx naming the field) and the workflow
     (TorchServe 0.12's engine can only say "Error executing <node>" with a non-2xx)."""
-    return [Case(case, "/predictions/pipeline", field, status=status, **body),
-            Case(case, "/wfpredict/pipeline", node, status=status, **body)]
+    return [
+        Case(case, "/predictions/pipeline", field, status=status, **body),
+        Case(case, "/wfpredict/pipeline", node, status=status, **body),
+    ]
 
 
 def gif() -> bytes:
@@ -97,13 +98,21 @@ def cases() -> list[Case]:
         model("sd", "unknown field", "promt", json={"promt": "a"}),
         model("sd", "width not a multiple of 8", "width", json={"prompt": "a", "width": 100}),
         model("sd", "width over max_side", "width", json={"prompt": "a", "width": sd_limits["max_side"] + 8}),
-        model("sd", "size over max_pixels", "width", json={"prompt": "a", "width": sd_limits["max_side"],
-                                                          "height": sd_limits["max_side"]}),
+        model(
+            "sd",
+            "size over max_pixels",
+            "width",
+            json={"prompt": "a", "width": sd_limits["max_side"], "height": sd_limits["max_side"]},
+        ),
         model("sd", "height under min_side", "height", json={"prompt": "a", "height": 8}),
         model("sd", "negative seed", "seed", json={"prompt": "a", "seed": -1}),
         model("sd", "seed a boolean", "seed", json={"prompt": "a", "seed": True}),
-        model("sd", "negative_prompt count mismatch", "negative_prompt",
-              json={"prompt": ["a", "b"], "negative_prompt": ["x"]}),
+        model(
+            "sd",
+            "negative_prompt count mismatch",
+            "negative_prompt",
+            json={"prompt": ["a", "b"], "negative_prompt": ["x"]},
+        ),
         model("sd", "5000-digit integer", "body", text=f'{{"prompt": "a", "seed": {DIGITS_5000}}}'),
         model("sd", "JSON nested 100000 deep", "body", text=f'{{"prompt": {DEEP}}}'),
         # --- clip ----------------------------------------------------------------------------
@@ -111,33 +120,55 @@ def cases() -> list[Case]:
         model("clip", "truncated PNG", "image", raw=truncated_png()),
         model("clip", "decompression bomb PNG (100000x100000)", "image", raw=BOMB, status=413),
         model("clip", "zero-size PNG", "image", json={"image": b64(png_header(0, 0))}),
-        model("clip", "image over max_image_side", "image", json={"image": b64(png_header(over_clip_side, 1))},
-              status=413),
+        model(
+            "clip", "image over max_image_side", "image", json={"image": b64(png_header(over_clip_side, 1))}, status=413
+        ),
         model("clip", "GIF", "image", raw=gif()),
         model("clip", "image not base64", "image", json={"image": "!!! not base64 !!!"}),
         model("clip", "texts a string", "texts", json={"image": IMAGE, "texts": "cat"}),
         model("clip", "texts empty", "texts", json={"image": IMAGE, "texts": []}),
         model("clip", "empty text", "texts[0]", json={"image": IMAGE, "texts": [""]}),
-        model("clip", "too many texts", "texts",
-              json={"image": IMAGE, "texts": [f"t{i}" for i in range(clip_limits["max_texts"] + 1)]}),
-        model("clip", "text too long", "texts[0]",
-              json={"image": IMAGE, "texts": ["x" * (clip_limits["max_text_length"] + 1)]}),
+        model(
+            "clip",
+            "too many texts",
+            "texts",
+            json={"image": IMAGE, "texts": [f"t{i}" for i in range(clip_limits["max_texts"] + 1)]},
+        ),
+        model(
+            "clip",
+            "text too long",
+            "texts[0]",
+            json={"image": IMAGE, "texts": ["x" * (clip_limits["max_text_length"] + 1)]},
+        ),
         model("clip", "roi outside the image", "roi[0]", json={"image": IMAGE, "roi": [[0, 0, 65, 10]]}),
         model("clip", "unknown field", "text", json={"image": IMAGE, "text": ["a"]}),
         # --- sam -----------------------------------------------------------------------------
         model("sam", "missing image", "image", json={"roi": [[0, 0, 1, 1]]}),
         model("sam", "roi outside the image", "roi[0]", json={"image": IMAGE, "roi": [[10, 10, 80, 20]]}),
         model("sam", "roi NaN", "roi[0][0]", text=f'{{"image": "{IMAGE}", "roi": [[NaN, 0, 10, 10]]}}'),
-        model("sam", "roi 401-digit integer", "roi[0][2]", text=f'{{"image": "{IMAGE}", "roi": [[0, 0, {HUGE_INT}, 10]]}}'),
-        model("sam", "too many boxes", "roi", json={"image": IMAGE, "roi": [[0, 0, 8, 8]] * (sam_limits["max_boxes"] + 1)}),
-        model("sam", "multimask over max_masks", "roi",
-              json={"image": IMAGE, "roi": [[0, 0, 8, 8]] * too_many_sam_boxes, "multimask": True}),
+        model(
+            "sam", "roi 401-digit integer", "roi[0][2]", text=f'{{"image": "{IMAGE}", "roi": [[0, 0, {HUGE_INT}, 10]]}}'
+        ),
+        model(
+            "sam", "too many boxes", "roi", json={"image": IMAGE, "roi": [[0, 0, 8, 8]] * (sam_limits["max_boxes"] + 1)}
+        ),
+        model(
+            "sam",
+            "multimask over max_masks",
+            "roi",
+            json={"image": IMAGE, "roi": [[0, 0, 8, 8]] * too_many_sam_boxes, "multimask": True},
+        ),
         model("sam", "point outside the image", "points[0]", json={"image": IMAGE, "points": [[100, 100]]}),
         model("sam", "point_labels without points", "point_labels", json={"image": IMAGE, "point_labels": [1]}),
-        model("sam", "point label 2", "point_labels[0]", json={"image": IMAGE, "points": [[1, 1]], "point_labels": [2]}),
-        model("sam", "multimask a string", "multimask", json={"image": IMAGE, "roi": [[0, 0, 8, 8]], "multimask": "yes"}),
-        model("sam", "image over max_image_side", "image", json={"image": b64(png_header(over_sam_side, 1))},
-              status=413),
+        model(
+            "sam", "point label 2", "point_labels[0]", json={"image": IMAGE, "points": [[1, 1]], "point_labels": [2]}
+        ),
+        model(
+            "sam", "multimask a string", "multimask", json={"image": IMAGE, "roi": [[0, 0, 8, 8]], "multimask": "yes"}
+        ),
+        model(
+            "sam", "image over max_image_side", "image", json={"image": b64(png_header(over_sam_side, 1))}, status=413
+        ),
         model("sam", "image too elongated to resize", "image", json={"image": elongated_png(2048, 1)}),
         # --- depth ---------------------------------------------------------------------------
         model("depth", "empty body", "body", raw=b""),
@@ -150,7 +181,9 @@ def cases() -> list[Case]:
         # --- pose ----------------------------------------------------------------------------
         model("pose", "roi x2 <= x1", "roi[0]", json={"image": IMAGE, "roi": [[10, 10, 5, 20]]}),
         model("pose", "roi of 3 numbers", "roi[0]", json={"image": IMAGE, "roi": [[0, 0, 10]]}),
-        model("pose", "too many rois", "roi", json={"image": IMAGE, "roi": [[0, 0, 8, 8]] * (pose_limits["max_rois"] + 1)}),
+        model(
+            "pose", "too many rois", "roi", json={"image": IMAGE, "roi": [[0, 0, 8, 8]] * (pose_limits["max_rois"] + 1)}
+        ),
         model("pose", "roi Infinity", "roi[0][2]", text=f'{{"image": "{IMAGE}", "roi": [[0, 0, Infinity, 10]]}}'),
         model("pose", "data URL with garbage", "image", json={"image": "data:image/png;base64,@@@@"}),
         model("pose", "TIFF", "image", raw=tiff()),
@@ -167,7 +200,9 @@ def cases() -> list[Case]:
         *pipeline("roi outside the image", "roi[0]", json={"image": IMAGE, "roi": [[0, 0, 100, 100]]}),
         *pipeline("generation field without prompt", "steps", json={"image": IMAGE, "steps": 10}),
         *pipeline("guidance NaN", "guidance_scale", text='{"prompt": "a", "guidance_scale": NaN}'),
-        *pipeline("guidance a 401-digit integer", "guidance_scale", text=f'{{"prompt": "a", "guidance_scale": {HUGE_INT}}}'),
+        *pipeline(
+            "guidance a 401-digit integer", "guidance_scale", text=f'{{"prompt": "a", "guidance_scale": {HUGE_INT}}}'
+        ),
         *pipeline("unknown field", "colour", json={"image": IMAGE, "colour": "red"}),
         # sd refuses these: the pipeline answers sd's 4xx, naming its stage, before any analysis
         *pipeline("negative steps (sd refuses)", "generate: steps", json={"prompt": "a", "steps": -1}),
@@ -190,8 +225,9 @@ def send(server, case: Case) -> requests.Response:
     if case.json is not None:
         return server.post("inference", case.path, json=case.json, timeout=120)
     if case.text is not None:
-        return server.post("inference", case.path, data=case.text.encode(), timeout=120,
-                           headers={"Content-Type": case.content_type})
+        return server.post(
+            "inference", case.path, data=case.text.encode(), timeout=120, headers={"Content-Type": case.content_type}
+        )
     return server.post("inference", case.path, data=case.raw, timeout=120)
 
 
@@ -257,10 +293,12 @@ def test_malformed_requests_get_a_4xx_naming_the_problem_and_restart_nothing(ser
     restarts = sum(len(before[name] - after.get(name, set())) for name in before)
     to_models = sum(not c.workflow for c in all_cases)
     to_workflow = len(all_cases) - to_models
-    print(f"\nbad input: {len(all_cases)} malformed requests beside {2 * len(GOOD)} good ones: "
-          f"{model_4xx}/{to_models} to the models and /predictions/pipeline answered 4xx "
-          f"({100 * model_4xx / to_models:.0f}%), {workflow_non_2xx}/{to_workflow} to /wfpredict/pipeline answered "
-          f"non-2xx (the engine cannot answer 4xx); worker restarts: {restarts}")
+    print(
+        f"\nbad input: {len(all_cases)} malformed requests beside {2 * len(GOOD)} good ones: "
+        f"{model_4xx}/{to_models} to the models and /predictions/pipeline answered 4xx "
+        f"({100 * model_4xx / to_models:.0f}%), {workflow_non_2xx}/{to_workflow} to /wfpredict/pipeline answered "
+        f"non-2xx (the engine cannot answer 4xx); worker restarts: {restarts}"
+    )
     for target in sorted({c.target for c in all_cases}):
         print(f"  {target:<22} {sum(c.target == target for c in all_cases)} cases")
     assert not failures, "\n".join(failures)
@@ -277,8 +315,12 @@ def test_handler_errors_are_per_request_json_with_request_id(server):
     response = server.predict("sam", {"image": IMAGE, "roi": [[10, 10, 5, 20]]})
     assert response.status_code == 400
     body = response.json()
-    assert body == {"request_id": response.headers["x-request-id"], "code": 400, "type": "InvalidInput",
-                    "message": "roi[0]: x2 must be > x1"}
+    assert body == {
+        "request_id": response.headers["x-request-id"],
+        "code": 400,
+        "type": "InvalidInput",
+        "message": "roi[0]: x2 must be > x1",
+    }
     assert response.headers["content-type"].startswith("application/json")
 
 
@@ -290,15 +332,17 @@ def test_body_over_max_request_size_is_refused_by_torchserve(server):
     over = b'{"image": "' + b"A" * (limit + 1) + b'"}'
     for path in ("/predictions/clip", "/predictions/pipeline", "/wfpredict/pipeline"):
         try:
-            response = server.post("inference", path, data=over, timeout=120,
-                                   headers={"Content-Type": "application/json"})
+            response = server.post(
+                "inference", path, data=over, timeout=120, headers={"Content-Type": "application/json"}
+            )
         except requests.ConnectionError as exc:  # a server may also close the connection mid-upload
             raise AssertionError(f"{path}: no HTTP answer to an oversized body: {exc}") from None
         assert response.status_code == 413, f"{path}: {response.status_code} {response.text[:200]}"
     # just under the limit: TorchServe passes it on, and the handler refuses it as a bad image
     under = b'{"image": "' + b"A" * (limit - 1024) + b'"}'
-    response = server.post("inference", "/predictions/clip", data=under, timeout=120,
-                           headers={"Content-Type": "application/json"})
+    response = server.post(
+        "inference", "/predictions/clip", data=under, timeout=120, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400 and response.json()["message"].startswith("image: "), response.text[:300]
     assert server.get("inference", "/ping").json()["status"] == "Healthy"
     assert all_worker_pids(server) == before

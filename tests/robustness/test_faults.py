@@ -1,5 +1,6 @@
 """Faults: a worker killed with SIGKILL under load, the whole server stopped and started again by the
 operator scripts, and generations too long for the response timeout refused up front."""
+
 from __future__ import annotations
 
 import os
@@ -12,10 +13,18 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from harness import REPO
-from robustness.tools import (SIZES, all_worker_pids, build, error_message, good_image, limits, model_yaml,
-                              run_load, wait_ready)
+from robustness.tools import (
+    SIZES,
+    all_worker_pids,
+    build,
+    error_message,
+    good_image,
+    limits,
+    model_yaml,
+    run_load,
+    wait_ready,
+)
 from server import TorchServe, free_ports, render_config
 
 RECOVERY_BOUND = 120  # s: generous; the kill-to-healthy time is printed
@@ -47,8 +56,11 @@ def test_kill_9_worker_under_load_fails_in_flight_fast_and_recovers(server):
 
     def long_generation():  # 4 images x 40 steps at 512x512: a minute or more on CPU
         try:
-            response = server.predict(victim, {"prompt": ["a", "b", "c", "d"], "width": 512, "height": 512,
-                                               "steps": 40, "seed": 5}, timeout=600)
+            response = server.predict(
+                victim,
+                {"prompt": ["a", "b", "c", "d"], "width": 512, "height": 512, "steps": 40, "seed": 5},
+                timeout=600,
+            )
             long_outcome.update(status=response.status_code, text=response.text[:300])
         except requests.RequestException as exc:
             long_outcome.update(status=None, text=repr(exc))
@@ -79,8 +91,9 @@ def test_kill_9_worker_under_load_fails_in_flight_fast_and_recovers(server):
     new_pids = wait_ready(server, victim, RECOVERY_BOUND, exclude=old_pids)
     ready_at = time.monotonic()
     while True:  # healthy: a generation succeeds
-        response = server.predict(victim, {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 1},
-                                  timeout=RECOVERY_BOUND)
+        response = server.predict(
+            victim, {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 1}, timeout=RECOVERY_BOUND
+        )
         if response.status_code == 200 or time.monotonic() - killed_at > RECOVERY_BOUND:
             break
         time.sleep(0.5)
@@ -92,24 +105,29 @@ def test_kill_9_worker_under_load_fails_in_flight_fast_and_recovers(server):
     outage.join(RECOVERY_BOUND)
     load, during = results["load"], outage.result
 
-    print(f"\nkill -9 {victim} worker {pid} under load: the in-flight generation answered "
-          f"{long_outcome['status']} {failed_after:.2f}s after the kill; new worker {sorted(new_pids)} READY after "
-          f"{ready_at - killed_at:.1f}s; healthy (a generation succeeded) {healthy_at - killed_at:.1f}s after the kill")
+    print(
+        f"\nkill -9 {victim} worker {pid} under load: the in-flight generation answered "
+        f"{long_outcome['status']} {failed_after:.2f}s after the kill; new worker {sorted(new_pids)} READY after "
+        f"{ready_at - killed_at:.1f}s; healthy (a generation succeeded) {healthy_at - killed_at:.1f}s after the kill"
+    )
     print(load.report("background load during the kill"))
     print(during.report("sd requests sent during the outage"))
     assert new_pids.isdisjoint(old_pids)
     for result, count in ((load, len(background)), (during, 4)):
-        assert len(result.outcomes) == count and all(o.status is not None for o in result.outcomes), \
-            [o.error for o in result.outcomes if o.status is None][:5]
-    assert [(o.label, o.status, error_message(o)[:100]) for o in load.outcomes if o.status != 200] == [], \
+        assert len(result.outcomes) == count and all(o.status is not None for o in result.outcomes), [
+            o.error for o in result.outcomes if o.status is None
+        ][:5]
+    assert [(o.label, o.status, error_message(o)[:100]) for o in load.outcomes if o.status != 200] == [], (
         "requests to other models failed"
+    )
     for o in during.outcomes:
         assert o.status == 200 or (o.status >= 500 and error_message(o)), (o.status, error_message(o))
     for o in load.outcomes + during.outcomes:
         assert o.status != 200 or not o.mismatch, o.mismatch
     after = all_worker_pids(server)
-    assert {k: v for k, v in after.items() if k != victim} == {k: v for k, v in before.items() if k != victim}, \
+    assert {k: v for k, v in after.items() if k != victim} == {k: v for k, v in before.items() if k != victim}, (
         "a worker of another model restarted"
+    )
 
 
 class run_load_async(threading.Thread):
@@ -126,8 +144,9 @@ class run_load_async(threading.Thread):
 
 
 def run_script(name: str, env: dict[str, str], timeout: float = 300, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / "scripts" / name), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(REPO / "scripts" / name), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.load
@@ -144,8 +163,14 @@ def test_stop_and_start_with_the_scripts_registers_everything_again(model_store,
     ports = dict(zip(names, free_ports(len(names))))
     config = run / "config.properties"
     config.write_text(render_config(store, ports))
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(tmp_path)), "TS_CONFIG": str(config),
-           "TS_KEY_FILE": str(run / "key_file.json"), "TS_RUN_DIR": str(run), "MODEL_STORE": str(store)}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "TS_CONFIG": str(config),
+        "TS_KEY_FILE": str(run / "key_file.json"),
+        "TS_RUN_DIR": str(run),
+        "MODEL_STORE": str(store),
+    }
     client = TorchServe(run, store)  # only for its HTTP helpers: the scripts own the process
     client.ports = ports
     image = good_image()
@@ -155,8 +180,9 @@ def test_stop_and_start_with_the_scripts_registers_everything_again(model_store,
         assert [w["workflowName"] for w in workflows] == ["pipeline"], (label, workflows)
         models = sorted(m["modelName"] for m in client.get("management", "/models").json()["models"])
         assert {"clip", "sam", "pipeline"} <= set(models), (label, models)
-        response = client.post("inference", "/wfpredict/pipeline", json={"image": image, "texts": ["a", "b"]},
-                               timeout=300)
+        response = client.post(
+            "inference", "/wfpredict/pipeline", json={"image": image, "texts": ["a", "b"]}, timeout=300
+        )
         assert response.status_code == 200, (label, response.text[:300])
         assert response.json()["clip_analysis"]["concepts"] == ["a", "b"]
 
@@ -186,8 +212,10 @@ def test_stop_and_start_with_the_scripts_registers_everything_again(model_store,
         assert result.returncode == 0, result.stderr[-3000:]
         restarted = time.monotonic() - started
         check_serving("after restart")
-        print(f"\nscripts: serve.sh {first_start:.1f}s, stop.sh {stopped:.1f}s, serve.sh again {restarted:.1f}s; "
-              "workflow pipeline registered again and answering")
+        print(
+            f"\nscripts: serve.sh {first_start:.1f}s, stop.sh {stopped:.1f}s, serve.sh again {restarted:.1f}s; "
+            "workflow pipeline registered again and answering"
+        )
     finally:
         run_script("stop.sh", env, 120)
     # a private server never touches the repo's own key file
@@ -224,8 +252,9 @@ def test_generations_too_long_for_the_response_timeout_are_refused_up_front(serv
     # what the limits allow, measured here (printed, not asserted: speed depends on the machine)
     def generate(steps: int) -> float:
         started = time.monotonic()
-        response = server.predict("sd", {"prompt": "a", "width": 256, "height": 256, "steps": steps, "seed": 1},
-                                  timeout=timeout)
+        response = server.predict(
+            "sd", {"prompt": "a", "width": 256, "height": 256, "steps": steps, "seed": 1}, timeout=timeout
+        )
         assert response.status_code == 200, response.text[:300]
         return time.monotonic() - started
 
@@ -235,7 +264,9 @@ def test_generations_too_long_for_the_response_timeout_are_refused_up_front(serv
     pixels_factor = sd["max_pixels"] / (256 * 256)
     images = config["batchSize"] * sd["max_prompts"]
     worst = images * sd["max_steps"] * per_step * pixels_factor + images * short
-    print(f"\nsd on this machine: {per_step * 1000:.0f} ms per 256x256 image-step; the worst legal batch "
-          f"({config['batchSize']} requests x {sd['max_prompts']} prompts x {sd['max_steps']} steps at "
-          f"{sd['max_pixels']} px) estimates at {worst:.0f}s against responseTimeout {timeout}s")
+    print(
+        f"\nsd on this machine: {per_step * 1000:.0f} ms per 256x256 image-step; the worst legal batch "
+        f"({config['batchSize']} requests x {sd['max_prompts']} prompts x {sd['max_steps']} steps at "
+        f"{sd['max_pixels']} px) estimates at {worst:.0f}s against responseTimeout {timeout}s"
+    )
     assert server.worker_pids("sd") == pids

@@ -4,6 +4,7 @@
    (3, H, W) array for channels-last and raised ("mean must have W elements"), a 500; the handler now
    pads such images (handlers/common/compat.py's vitpose_safe_image).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,12 +2,12 @@
 pipeline paths. Every request is answered (none lost, none past its client timeout), each answer is
 200 or a 503 that says why, each 200 is the answer to its own request, and no worker restarts.
 Throughput and latency are printed, not asserted."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
-
 from robustness.tools import SIZES, Request, all_worker_pids, build, error_message, good_image, run_load
 
 REQUESTS = 1040
@@ -16,8 +16,16 @@ CLIENT_TIMEOUT = 300  # s: a request still unanswered after this counts as hung
 # (label, share of requests): mostly cheap ones, a few pipelines and generations
 # (TorchServe 0.12 runs at most availableProcessors() workflow requests at once, queueing the rest in
 # the engine: on 2 cores the workflow's latency is mostly that queue, so it gets a small share)
-MIX = [("clip", 38), ("sam box", 20), ("depth", 13), ("pose", 14), ("pipeline", 6), ("pipeline (workflow)", 3),
-       ("sam automatic", 3), ("sd", 3)]
+MIX = [
+    ("clip", 38),
+    ("sam box", 20),
+    ("depth", 13),
+    ("pose", 14),
+    ("pipeline", 6),
+    ("pipeline (workflow)", 3),
+    ("sam automatic", 3),
+    ("sd", 3),
+]
 
 
 def mixed_requests(count: int, seed: int = 0) -> list[Request]:

@@ -1,6 +1,7 @@
 """No legal request can produce a response over config.properties' max_response_size (TorchServe
 kills the worker that sends one): the bounds, checked on paper from the yaml limits, on the
 pathological masks the bound is built for, and on the real server with the largest legal requests."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
+from harness import png_bytes
 from PIL import Image
+from robustness.tools import all_worker_pids, b64, limits, model_yaml, properties
 
 from handlers.common.masks import encode_mask, encoded_size_bound
-from harness import png_bytes
-from robustness.tools import all_worker_pids, b64, limits, model_yaml, properties
 
 MAX_RESPONSE = int(properties()["max_response_size"])
 ENVELOPE = 4096  # request_id, keys, numbers: generous
@@ -77,19 +78,32 @@ def worst_cases() -> dict[str, int]:
     # score), clip on the image and on every mask's region (with the region's polygon again),
     # depth and pose
     per_mask = b64_size(png_bound(pipe_side, pipe_other, 1 / 8)) + 2 * polygon + 100
-    pipeline_bound = (max(b64_size(png_bound(pipe_side, pipe_other, 3)), sd_bound) + sam["max_masks"] * per_mask
-                      + clip_scores(1 + sam["max_masks"]) + depth_bound + pose_bound)
-    return {"sam": sam_bound, "depth": depth_bound + ENVELOPE, "pose": pose_bound + ENVELOPE,
-            "clip": clip_bound + ENVELOPE, "sd": sd_bound + ENVELOPE, "pipeline": pipeline_bound + ENVELOPE,
-            "upscale": upscale_bound + ENVELOPE}
+    pipeline_bound = (
+        max(b64_size(png_bound(pipe_side, pipe_other, 3)), sd_bound)
+        + sam["max_masks"] * per_mask
+        + clip_scores(1 + sam["max_masks"])
+        + depth_bound
+        + pose_bound
+    )
+    return {
+        "sam": sam_bound,
+        "depth": depth_bound + ENVELOPE,
+        "pose": pose_bound + ENVELOPE,
+        "clip": clip_bound + ENVELOPE,
+        "sd": sd_bound + ENVELOPE,
+        "pipeline": pipeline_bound + ENVELOPE,
+        "upscale": upscale_bound + ENVELOPE,
+    }
 
 
 def test_pipeline_limits_fit_the_models_it_calls():
     """The pipeline sends every mask sam returns to clip as a roi, and its own roi to sam: a legal
     pipeline request must never make a legal-looking call that a model refuses."""
     pipe, clip, sam = limits("pipeline"), limits("clip"), limits("sam")
-    assert sam["max_masks"] <= clip["max_rois"], \
-        f"sam may return {sam['max_masks']} masks; describe_regions would send clip more than its {clip['max_rois']} rois"
+    assert sam["max_masks"] <= clip["max_rois"], (
+        f"sam may return {sam['max_masks']} masks; describe_regions would send clip more than its "
+        f"{clip['max_rois']} rois"
+    )
     assert pipe["max_rois"] <= sam["max_boxes"] and pipe["max_rois"] <= sam["max_masks"]
     assert pipe["max_texts"] <= clip["max_texts"] and pipe["max_text_length"] <= clip["max_text_length"]
     assert pipe["max_prompt_length"] <= limits("sd")["max_prompt_length"]
@@ -118,11 +132,20 @@ def test_mask_encoding_stays_within_its_bound_at_the_largest_legal_size(name):
     (a checkerboard for RLE, noise for PNG and polygons) at 2048x2048."""
     side = limits("sam")["max_image_side"]
     yy, xx = np.mgrid[:side, :side]
-    mask = {"checkerboard": (xx + yy) % 2 == 0, "noise": np.random.default_rng(0).random((side, side)) > 0.5,
-            "stripes": xx % 2 == 0, "full": np.ones((side, side), bool), "empty": np.zeros((side, side), bool)}[name]
+    mask = {
+        "checkerboard": (xx + yy) % 2 == 0,
+        "noise": np.random.default_rng(0).random((side, side)) > 0.5,
+        "stripes": xx % 2 == 0,
+        "full": np.ones((side, side), bool),
+        "empty": np.zeros((side, side), bool),
+    }[name]
     item = encode_mask(mask, max_points=model_yaml("sam")["handler"]["polygon_max_points"])
-    size = len(json.dumps([item["mask"], item["rle"], item["polygon"], item["box"], item["area"],
-                           0.12345678901234567], separators=(",", ":")))
+    size = len(
+        json.dumps(
+            [item["mask"], item["rle"], item["polygon"], item["box"], item["area"], 0.12345678901234567],
+            separators=(",", ":"),
+        )
+    )
     assert size <= encoded_size_bound(side, side), (size, encoded_size_bound(side, side))
 
 
@@ -143,23 +166,51 @@ def largest_legal_requests(image: str) -> list[tuple[str, str, dict]]:
     step = (side - 200) // boxes
     return [
         ("sam: automatic masks on 2048x2048 noise", "sam", {"image": image}),
-        (f"sam: {boxes} boxes x multimask on 2048x2048", "sam",
-         {"image": image, "roi": [[i * step, i * step, i * step + 200, i * step + 200] for i in range(boxes)],
-          "multimask": True}),
+        (
+            f"sam: {boxes} boxes x multimask on 2048x2048",
+            "sam",
+            {
+                "image": image,
+                "roi": [[i * step, i * step, i * step + 200, i * step + 200] for i in range(boxes)],
+                "multimask": True,
+            },
+        ),
         ("depth: 2048x2048 noise", "depth", {"image": image}),
-        (f"pose: 2048x2048 noise, {pose['max_rois']} rois", "pose",
-         {"image": image, "roi": [[0, 0, side, side]] * pose["max_rois"]}),
-        (f"clip: {clip['max_texts']} texts of {clip['max_text_length']} chars, {clip['max_rois']} rois", "clip",
-         {"image": b64(png_bytes(Image.new("RGB", (64, 48)))),
-          "texts": [f"{i:03d}" + "\u00e9" * (clip["max_text_length"] - 3) for i in range(clip["max_texts"])],
-          "roi": [[0, 0, 64, 48]] * clip["max_rois"]}),
-        (f"sd: {sd['max_prompts']} prompts at 512x512", "sd",
-         {"prompt": [f"p{i}" for i in range(sd["max_prompts"])], "width": 512, "height": 512, "steps": 1,
-          "seed": 1}),
+        (
+            f"pose: 2048x2048 noise, {pose['max_rois']} rois",
+            "pose",
+            {"image": image, "roi": [[0, 0, side, side]] * pose["max_rois"]},
+        ),
+        (
+            f"clip: {clip['max_texts']} texts of {clip['max_text_length']} chars, {clip['max_rois']} rois",
+            "clip",
+            {
+                "image": b64(png_bytes(Image.new("RGB", (64, 48)))),
+                "texts": [f"{i:03d}" + "\u00e9" * (clip["max_text_length"] - 3) for i in range(clip["max_texts"])],
+                "roi": [[0, 0, 64, 48]] * clip["max_rois"],
+            },
+        ),
+        (
+            f"sd: {sd['max_prompts']} prompts at 512x512",
+            "sd",
+            {"prompt": [f"p{i}" for i in range(sd["max_prompts"])], "width": 512, "height": 512, "steps": 1, "seed": 1},
+        ),
         ("pipeline: 2048x2048 noise with depth and pose", "pipeline", {"image": image, "priors": ["depth", "pose"]}),
-        (f"upscale: {upscale_side}x{upscale_side} noise to the output bound", "upscale",
-         {"image": b64(png_bytes(Image.fromarray(np.random.default_rng(2).integers(
-             0, 255, (upscale_side, upscale_side, 3), dtype=np.uint8)))), "steps": 1, "seed": 1}),
+        (
+            f"upscale: {upscale_side}x{upscale_side} noise to the output bound",
+            "upscale",
+            {
+                "image": b64(
+                    png_bytes(
+                        Image.fromarray(
+                            np.random.default_rng(2).integers(0, 255, (upscale_side, upscale_side, 3), dtype=np.uint8)
+                        )
+                    )
+                ),
+                "steps": 1,
+                "seed": 1,
+            },
+        ),
     ]
 
 
@@ -174,8 +225,9 @@ def test_largest_legal_requests_answer_under_the_limit_and_keep_their_workers(se
         assert size < MAX_RESPONSE
         if name == "sam":
             assert len(response.json()["masks"]) <= limits("sam")["max_masks"]
-    response = server.post("inference", "/wfpredict/pipeline", json={"image": noise_2048, "priors": ["depth", "pose"]},
-                           timeout=600)
+    response = server.post(
+        "inference", "/wfpredict/pipeline", json={"image": noise_2048, "priors": ["depth", "pose"]}, timeout=600
+    )
     assert response.status_code == 200, response.text[:300]
     print(f"  {'workflow: 2048x2048 noise with depth and pose':<52} {len(response.content):>12,} B")
     assert all_worker_pids(server) == before, "a worker was restarted"

@@ -1,5 +1,6 @@
 """Tokens on both APIs, loopback-only listeners, registration only from the model store, and a
 metrics port that carries no secret."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from robustness.tools import good_image, properties
 
 IMAGE = good_image()
@@ -55,10 +55,16 @@ CALLS = [
 def test_every_call_needs_its_token(server, kind, method, path, body):
     keys = token_kinds(server)
     url = server.url(kind) + path
-    wrong = {"none": {}, "empty": {"Authorization": "Bearer "}, "wrong": {"Authorization": "Bearer not-a-token"},
-             "bare token without Bearer": {"Authorization": keys[kind]},
-             "the other API's token": {"Authorization": f"Bearer {keys['management' if kind == 'inference' else 'inference']}"},
-             "the API key": {"Authorization": f"Bearer {keys['API']}"}}
+    wrong = {
+        "none": {},
+        "empty": {"Authorization": "Bearer "},
+        "wrong": {"Authorization": "Bearer not-a-token"},
+        "bare token without Bearer": {"Authorization": keys[kind]},
+        "the other API's token": {
+            "Authorization": f"Bearer {keys['management' if kind == 'inference' else 'inference']}"
+        },
+        "the API key": {"Authorization": f"Bearer {keys['API']}"},
+    }
     for name, headers in wrong.items():
         response = requests.request(method, url, json=body, headers=headers, timeout=60)
         # TorchServe 0.12 refuses a missing or wrong token with 400 InvalidKeyException (not 401)
@@ -117,7 +123,7 @@ def listening_sockets() -> dict[int, set[str]]:
             if family == socket.AF_INET:
                 raw = raw[::-1]
             else:  # four little-endian 32-bit words
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
             found.setdefault(int(port_hex, 16), set()).add(socket.inet_ntop(family, raw))
     return found
 
@@ -159,8 +165,10 @@ def test_registration_from_outside_the_model_store_is_refused(server, tmp_path):
     ]
     accepted = []
     for api, url in attempts:
-        query = f"/{api}?url={urllib.parse.quote(url, safe='')}&{'model_name' if api == 'models' else 'workflow_name'}" \
-                f"=robust_outside&synchronous=true"
+        query = (
+            f"/{api}?url={urllib.parse.quote(url, safe='')}&{'model_name' if api == 'models' else 'workflow_name'}"
+            f"=robust_outside&synchronous=true"
+        )
         response = server.post("management", query, timeout=120)
         print(f"  {api} {url}: {response.status_code} {response.json().get('message', '')[:100]}")
         if response.status_code < 400:

@@ -1,4 +1,5 @@
 """Shared by the robustness tests: crafted malformed images, config parsing, a bounded load runner."""
+
 from __future__ import annotations
 
 import base64
@@ -9,23 +10,25 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 import yaml
-from PIL import Image
-
 from harness import REPO, png_bytes, sample_image
+from PIL import Image
 from served_models import served_models
+
 from workflows.connect import read_properties
 
 MODEL_NAMES = tuple(served_models())
 
 
 # --- configuration -------------------------------------------------------------------------------
+
 
 def properties(path: Path = REPO / "config.properties") -> dict[str, str]:
     """config.properties as TorchServe reads it (key=value lines; # comments)."""
@@ -41,6 +44,7 @@ def limits(name: str) -> dict[str, Any]:
 
 
 # --- crafted images ------------------------------------------------------------------------------
+
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -63,9 +67,9 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     data = bytearray(buffer.getvalue())
     i = 2
     while i < len(data):
-        marker, length = data[i + 1], struct.unpack(">H", data[i + 2:i + 4])[0]
+        marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
         if 0xC0 <= marker <= 0xC3:  # SOFn: length, precision, height, width
-            data[i + 5:i + 9] = struct.pack(">HH", height, width)
+            data[i + 5 : i + 9] = struct.pack(">HH", height, width)
             return bytes(data)
         i += 2 + length
     raise AssertionError("no SOF marker in the JPEG")
@@ -93,6 +97,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # --- worker processes ----------------------------------------------------------------------------
+
 
 def all_worker_pids(server, names=MODEL_NAMES) -> dict[str, set[int]]:
     """pids of every model's workers, and of the workflow's function nodes (pipeline__prepare, ...)."""
@@ -123,10 +128,11 @@ def wait_ready(server, model: str, timeout: float, exclude: set[int] = frozenset
 
 # --- load ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     label: str
-    status: int | None          # None: no HTTP answer (exception, e.g. the client timeout)
+    status: int | None  # None: no HTTP answer (exception, e.g. the client timeout)
     seconds: float
     body: Any = None
     error: str | None = None
@@ -146,15 +152,19 @@ class LoadResult:
             self.labels.setdefault(outcome.label, []).append(outcome)
 
     def report(self, title: str) -> str:
-        lines = [f"{title}: {len(self.outcomes)} answered of {self.sent} sent in {self.seconds:.1f}s "
-                 f"= {len(self.outcomes) / self.seconds:.1f} req/s"]
+        lines = [
+            f"{title}: {len(self.outcomes)} answered of {self.sent} sent in {self.seconds:.1f}s "
+            f"= {len(self.outcomes) / self.seconds:.1f} req/s"
+        ]
         for label, outcomes in sorted(self.labels.items()):
             times = [o.seconds for o in outcomes]
             statuses: dict[Any, int] = {}
             for o in outcomes:
                 statuses[o.status] = statuses.get(o.status, 0) + 1
-            lines.append(f"  {label:<22} n={len(outcomes):<4} p50={statistics.median(times):6.2f}s "
-                         f"p99={percentile(times, 99):6.2f}s max={max(times):6.2f}s statuses={statuses}")
+            lines.append(
+                f"  {label:<22} n={len(outcomes):<4} p50={statistics.median(times):6.2f}s "
+                f"p99={percentile(times, 99):6.2f}s max={max(times):6.2f}s statuses={statuses}"
+            )
         return "\n".join(lines)
 
 
@@ -162,8 +172,9 @@ class LoadResult:
 Request = tuple[str, str, dict[str, Any], Callable[[dict[str, Any]], str | None] | None]
 
 
-def run_load(server, requests_: list[Request], concurrency: int, timeout: float,
-             on_progress: Callable[[int], None] | None = None) -> LoadResult:
+def run_load(
+    server, requests_: list[Request], concurrency: int, timeout: float, on_progress: Callable[[int], None] | None = None
+) -> LoadResult:
     """Send every request (POST path, JSON body) with ``concurrency`` client threads, each request
     with a client timeout; one Outcome per request, whatever happened to it."""
     local = threading.local()
@@ -179,8 +190,12 @@ def run_load(server, requests_: list[Request], concurrency: int, timeout: float,
         label, path, body, check = item
         started = time.perf_counter()
         try:
-            response = session().post(server.url("inference") + path, json=body, timeout=timeout,
-                                      headers={"Authorization": f"Bearer {server.token('inference')}"})
+            response = session().post(
+                server.url("inference") + path,
+                json=body,
+                timeout=timeout,
+                headers={"Authorization": f"Bearer {server.token('inference')}"},
+            )
             try:
                 payload = response.json()
             except ValueError:
@@ -193,14 +208,18 @@ def run_load(server, requests_: list[Request], concurrency: int, timeout: float,
                     mismatch = check(payload) if check else None
                     # (the workflow's answer has no request_id: TorchServe 0.12's engine gives its
                     # nodes their own request ids, not the client's x-request-id)
-                    if path.startswith("/predictions/") and payload.get("request_id") != response.headers.get("x-request-id"):
+                    if path.startswith("/predictions/") and payload.get("request_id") != response.headers.get(
+                        "x-request-id"
+                    ):
                         mismatch = f"request_id {payload.get('request_id')} != {response.headers.get('x-request-id')}"
                     payload = {k: v for k, v in payload.items() if k in ("request_id", "message")}
-            outcome = Outcome(label, response.status_code, time.perf_counter() - started, payload, started=started,
-                              mismatch=mismatch)
+            outcome = Outcome(
+                label, response.status_code, time.perf_counter() - started, payload, started=started, mismatch=mismatch
+            )
         except requests.RequestException as exc:
-            outcome = Outcome(label, None, time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}",
-                              started=started)
+            outcome = Outcome(
+                label, None, time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}", started=started
+            )
         with lock:
             done[0] += 1
             if on_progress:
@@ -239,6 +258,7 @@ def expect(**checks: Callable[[Any], bool]) -> Callable[[dict[str, Any]], str | 
             if not good:
                 return f"{key} does not match the request"
         return None
+
     return check
 
 
@@ -248,26 +268,56 @@ def build(i: int, label: str, images: list[tuple[str, tuple[int, int]]]) -> Requ
     image, (width, height) = images[i % len(images)]
     nonce = f"nonce {i}"
     if label == "clip":
-        return (label, "/predictions/clip", {"image": image, "texts": [nonce, "a dog", "a cat"]},
-                expect(concepts=lambda b: b["concepts"] == [nonce, "a dog", "a cat"]))
+        return (
+            label,
+            "/predictions/clip",
+            {"image": image, "texts": [nonce, "a dog", "a cat"]},
+            expect(concepts=lambda b: b["concepts"] == [nonce, "a dog", "a cat"]),
+        )
     if label == "sam box":
-        return (label, "/predictions/sam", {"image": image, "roi": [[2, 2, width // 2, height // 2]]},
-                expect(masks=lambda b: len(b["masks"]) == 1 and b["rle"][0]["size"] == [height, width]))
+        return (
+            label,
+            "/predictions/sam",
+            {"image": image, "roi": [[2, 2, width // 2, height // 2]]},
+            expect(masks=lambda b: len(b["masks"]) == 1 and b["rle"][0]["size"] == [height, width]),
+        )
     if label == "sam automatic":
-        return (label, "/predictions/sam", {"image": image},
-                expect(masks=lambda b: all(r["size"] == [height, width] for r in b["rle"])))
+        return (
+            label,
+            "/predictions/sam",
+            {"image": image},
+            expect(masks=lambda b: all(r["size"] == [height, width] for r in b["rle"])),
+        )
     if label == "depth":
-        return (label, "/predictions/depth", {"image": image},
-                expect(size=lambda b: (b["width"], b["height"]) == (width, height)))
+        return (
+            label,
+            "/predictions/depth",
+            {"image": image},
+            expect(size=lambda b: (b["width"], b["height"]) == (width, height)),
+        )
     if label == "pose":
-        return (label, "/predictions/pose", {"image": image},
-                expect(people=lambda b: isinstance(b["people"], list) and "overlay" in b))
+        return (
+            label,
+            "/predictions/pose",
+            {"image": image},
+            expect(people=lambda b: isinstance(b["people"], list) and "overlay" in b),
+        )
     if label in ("pipeline", "pipeline (workflow)"):
         path = "/predictions/pipeline" if label == "pipeline" else "/wfpredict/pipeline"
-        return (label, path, {"image": image, "texts": [nonce, "b"]},
-                expect(concepts=lambda b: b["clip_analysis"]["concepts"] == [nonce, "b"] and b["image"] == image,
-                       masks=lambda b: len(b["basic_segmentation"]["masks"]) >= 1))
+        return (
+            label,
+            path,
+            {"image": image, "texts": [nonce, "b"]},
+            expect(
+                concepts=lambda b: b["clip_analysis"]["concepts"] == [nonce, "b"] and b["image"] == image,
+                masks=lambda b: len(b["basic_segmentation"]["masks"]) >= 1,
+            ),
+        )
     if label == "sd":
-        return (label, "/predictions/sd", {"prompt": nonce, "width": 64, "height": 64, "steps": 2, "seed": i},
-                expect(seed=lambda b: b["seeds"] == [i] and len(b["images"]) == 1))
+        return (
+            label,
+            "/predictions/sd",
+            {"prompt": nonce, "width": 64, "height": 64, "steps": 2, "seed": i},
+            expect(seed=lambda b: b["seeds"] == [i] and len(b["images"]) == 1),
+        )
     raise ValueError(label)

@@ -1,4 +1,5 @@
 """`caption` in-process: response shape, the prompt's echo, one generate per group, bad input."""
+
 import pytest
 from harness import load_handler, png_b64, png_bytes, run_batch, sample_image
 
@@ -84,28 +85,35 @@ def test_bad_request_fails_alone(caption):
     bad = {"image": image(), "num_beams": 0}
     results = run_batch(caption, [good, bad, good])
     assert [status for status, _ in results] == [200, 400, 200]
-    assert results[1][1] == {"request_id": "req-1", "code": 400, "type": "InvalidInput",
-                             "message": "num_beams: must be >= 1, got 0"}
+    assert results[1][1] == {
+        "request_id": "req-1",
+        "code": 400,
+        "type": "InvalidInput",
+        "message": "num_beams: must be >= 1, got 0",
+    }
     assert results[0][1]["caption"] == results[2][1]["caption"]
 
 
-@pytest.mark.parametrize("body, field, status", [
-    ({"prompt": PROMPT}, "image", 400),
-    ({"image": "not base64!!"}, "image", 400),
-    ({"image": "aGVsbG8="}, "image", 400),
-    ({"image": png_b64(sample_image(5000, 10))}, "image", 413),
-    ({"image": image(), "prompt": 3}, "prompt", 400),
-    ({"image": image(), "prompt": ""}, "prompt", 400),
-    ({"image": image(), "prompt": "a " * 200}, "prompt", 400),
-    ({"image": image(), "max_new_tokens": 0}, "max_new_tokens", 400),
-    ({"image": image(), "max_new_tokens": 61}, "max_new_tokens", 400),
-    ({"image": image(), "max_new_tokens": 2.5}, "max_new_tokens", 400),
-    ({"image": image(), "max_new_tokens": "5"}, "max_new_tokens", 400),
-    ({"image": image(), "max_new_tokens": True}, "max_new_tokens", 400),
-    ({"image": image(), "num_beams": 6}, "num_beams", 400),
-    ({"image": image(), "num_beams": [1]}, "num_beams", 400),
-    ({"image": image(), "promt": PROMPT}, "promt", 400),
-])
+@pytest.mark.parametrize(
+    "body, field, status",
+    [
+        ({"prompt": PROMPT}, "image", 400),
+        ({"image": "not base64!!"}, "image", 400),
+        ({"image": "aGVsbG8="}, "image", 400),
+        ({"image": png_b64(sample_image(5000, 10))}, "image", 413),
+        ({"image": image(), "prompt": 3}, "prompt", 400),
+        ({"image": image(), "prompt": ""}, "prompt", 400),
+        ({"image": image(), "prompt": "a " * 200}, "prompt", 400),
+        ({"image": image(), "max_new_tokens": 0}, "max_new_tokens", 400),
+        ({"image": image(), "max_new_tokens": 61}, "max_new_tokens", 400),
+        ({"image": image(), "max_new_tokens": 2.5}, "max_new_tokens", 400),
+        ({"image": image(), "max_new_tokens": "5"}, "max_new_tokens", 400),
+        ({"image": image(), "max_new_tokens": True}, "max_new_tokens", 400),
+        ({"image": image(), "num_beams": 6}, "num_beams", 400),
+        ({"image": image(), "num_beams": [1]}, "num_beams", 400),
+        ({"image": image(), "promt": PROMPT}, "promt", 400),
+    ],
+)
 def test_bad_input_names_the_field(caption, body, field, status):
     [(got, error)] = run_batch(caption, [body])
     assert got == status, error
@@ -116,10 +124,12 @@ def test_bad_input_names_the_field(caption, body, field, status):
 def test_limits_come_from_the_yaml(caption):
     limits = caption.settings.limits
     [(status, error)] = run_batch(caption, [{"image": image(), "max_new_tokens": limits.max_new_tokens + 1}])
-    assert status == 400 and error["message"] == (f"max_new_tokens: must be <= {limits.max_new_tokens}, "
-                                                  f"got {limits.max_new_tokens + 1}")
-    [(status, _)] = run_batch(caption, [{"image": image(), "max_new_tokens": limits.max_new_tokens,
-                                         "num_beams": limits.max_num_beams}])
+    assert status == 400 and error["message"] == (
+        f"max_new_tokens: must be <= {limits.max_new_tokens}, got {limits.max_new_tokens + 1}"
+    )
+    [(status, _)] = run_batch(
+        caption, [{"image": image(), "max_new_tokens": limits.max_new_tokens, "num_beams": limits.max_num_beams}]
+    )
     assert status == 200
 
 

@@ -1,4 +1,5 @@
 """The client's stream splitter: JSON objects back to back, whatever the chunk boundaries."""
+
 import json
 
 import pytest
@@ -12,7 +13,7 @@ WIRE = "".join(json.dumps(event, ensure_ascii=False) for event in EVENTS).encode
 @pytest.mark.parametrize("size", [1, 2, 3, 7, len(WIRE)])
 def test_events_split_at_any_byte_come_out_whole(size):
     # a 1-byte chunking also cuts the multi-byte UTF-8 characters in half
-    chunks = [WIRE[i:i + size] for i in range(0, len(WIRE), size)]
+    chunks = [WIRE[i : i + size] for i in range(0, len(WIRE), size)]
     assert json_values(chunks) == EVENTS
 
 

@@ -52,17 +52,20 @@ def test_batch_of_eight_is_one_image_forward_and_bad_request_fails_alone(clip):
     assert results[0][1]["confidence_scores"] == pytest.approx(alone["confidence_scores"], abs=1e-5)
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"texts": ["a"]}, "image"),
-    ({"image": "not base64!!"}, "image"),
-    ({"image": "aGVsbG8="}, "image"),
-    ({"image": png_b64(sample_image()), "texts": "cat"}, "texts"),
-    ({"image": png_b64(sample_image()), "texts": []}, "texts"),
-    ({"image": png_b64(sample_image()), "texts": [""]}, "texts[0]"),
-    ({"image": png_b64(sample_image()), "roi": [[0, 0, 1000, 10]]}, "roi[0]"),
-    ({"image": png_b64(sample_image()), "roi": [[0, 0, 10]]}, "roi[0]"),
-    ({"image": png_b64(sample_image()), "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"texts": ["a"]}, "image"),
+        ({"image": "not base64!!"}, "image"),
+        ({"image": "aGVsbG8="}, "image"),
+        ({"image": png_b64(sample_image()), "texts": "cat"}, "texts"),
+        ({"image": png_b64(sample_image()), "texts": []}, "texts"),
+        ({"image": png_b64(sample_image()), "texts": [""]}, "texts[0]"),
+        ({"image": png_b64(sample_image()), "roi": [[0, 0, 1000, 10]]}, "roi[0]"),
+        ({"image": png_b64(sample_image()), "roi": [[0, 0, 10]]}, "roi[0]"),
+        ({"image": png_b64(sample_image()), "colour": "red"}, "colour"),
+    ],
+)
 def test_bad_input_names_the_field(clip, body, field):
     [(status, error)] = run_batch(clip, [body])
     assert 400 <= status < 500
@@ -76,6 +79,7 @@ def test_invalid_json_bytes(clip):
 
 # --- the `images` form: raw cosine similarities (what the interpreter ranks by) ------------------
 
+
 def test_images_form_gives_raw_cosines_to_each_text_and_the_reference(clip):
     import torch
 
@@ -83,8 +87,10 @@ def test_images_form_gives_raw_cosines_to_each_text_and_the_reference(clip):
 
     images = [sample_image(seed=i) for i in range(3)]
     reference = sample_image(seed=0)
-    [(status, body)] = run_batch(clip, [{"images": [png_b64(i) for i in images], "texts": ["a cat", "a dog"],
-                                         "reference_image": png_b64(reference)}])
+    [(status, body)] = run_batch(
+        clip,
+        [{"images": [png_b64(i) for i in images], "texts": ["a cat", "a dog"], "reference_image": png_b64(reference)}],
+    )
     assert status == 200, body
     assert body["texts"] == ["a cat", "a dog"]
     assert "confidence_scores" not in body
@@ -126,15 +132,18 @@ def test_images_form_over_the_limit_is_refused(clip):
     assert status == 400 and error["message"] == f"images: has {limit + 1} images; the limit is {limit}"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"images": [png_b64(sample_image())], "image": png_b64(sample_image())}, "image"),
-    ({"images": [png_b64(sample_image())], "roi": [[0, 0, 4, 4]]}, "roi"),
-    ({"image": png_b64(sample_image()), "reference_image": png_b64(sample_image())}, "reference_image"),
-    ({"images": []}, "images"),
-    ({"images": png_b64(sample_image())}, "images"),
-    ({"images": [png_b64(sample_image()), "not base64!!"]}, "images[1]"),
-    ({"images": [png_b64(sample_image())], "reference_image": 3}, "reference_image"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"images": [png_b64(sample_image())], "image": png_b64(sample_image())}, "image"),
+        ({"images": [png_b64(sample_image())], "roi": [[0, 0, 4, 4]]}, "roi"),
+        ({"image": png_b64(sample_image()), "reference_image": png_b64(sample_image())}, "reference_image"),
+        ({"images": []}, "images"),
+        ({"images": png_b64(sample_image())}, "images"),
+        ({"images": [png_b64(sample_image()), "not base64!!"]}, "images[1]"),
+        ({"images": [png_b64(sample_image())], "reference_image": 3}, "reference_image"),
+    ],
+)
 def test_images_form_bad_input_names_the_field(clip, body, field):
     [(status, error)] = run_batch(clip, [body])
     assert 400 <= status < 500

@@ -1,15 +1,16 @@
 """Each workaround in handlers/common/compat.py checks the behaviour it works around, on the installed
 libraries: when an upgrade changes one, its test here fails and says which workaround can go."""
+
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import ts
+from harness import ensure_tiny_weights, make_context
 from PIL import Image
 
 from handlers.common import compat
-from harness import ensure_tiny_weights, make_context
 
 TS_JAR = Path(ts.__file__).parent / "frontend" / "model-server.jar"
 
@@ -93,4 +94,3 @@ def test_torchvision_does_not_import_beside_the_cpu_torch():
     with pytest.raises(Exception):  # noqa: B017  (ImportError, or a RuntimeError from a CUDA wheel)
         import torchvision  # noqa: F401
     assert compat.torchvision_nms() is None
-

@@ -6,6 +6,7 @@ the reference (1-based as OpenPose lists them): its 18-keypoint order, its limb 
 that keypoint) and every limb's midpoint (60 % of that limb's colour), so a swapped limb, a shifted
 colour, a missing neck or a wrong left/right mapping from COCO fails.
 """
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,23 +16,87 @@ from handlers.common.edges import canny_edges
 from handlers.common.openpose import COLOURS, LIMBS, OPENPOSE_KEYPOINT_NAMES, draw_openpose, openpose_keypoints
 
 # OpenPose's body (COCO-18) keypoints, 1-based
-OPENPOSE_ORDER = ["nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
-                  "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
-                  "right_eye", "left_eye", "right_ear", "left_ear"]
+OPENPOSE_ORDER = [
+    "nose",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
+]
 # OpenPose's limbSeq as the ControlNet annotator draws it (the first 17 pairs), 1-based
-OPENPOSE_LIMB_SEQ = [[2, 3], [2, 6], [3, 4], [4, 5], [6, 7], [7, 8], [2, 9], [9, 10], [10, 11], [2, 12], [12, 13],
-                     [13, 14], [2, 1], [1, 15], [15, 17], [1, 16], [16, 18]]
-OPENPOSE_COLOURS = [[255, 0, 0], [255, 85, 0], [255, 170, 0], [255, 255, 0], [170, 255, 0], [85, 255, 0],
-                    [0, 255, 0], [0, 255, 85], [0, 255, 170], [0, 255, 255], [0, 170, 255], [0, 85, 255],
-                    [0, 0, 255], [85, 0, 255], [170, 0, 255], [255, 0, 255], [255, 0, 170], [255, 0, 85]]
+OPENPOSE_LIMB_SEQ = [
+    [2, 3],
+    [2, 6],
+    [3, 4],
+    [4, 5],
+    [6, 7],
+    [7, 8],
+    [2, 9],
+    [9, 10],
+    [10, 11],
+    [2, 12],
+    [12, 13],
+    [13, 14],
+    [2, 1],
+    [1, 15],
+    [15, 17],
+    [1, 16],
+    [16, 18],
+]
+OPENPOSE_COLOURS = [
+    [255, 0, 0],
+    [255, 85, 0],
+    [255, 170, 0],
+    [255, 255, 0],
+    [170, 255, 0],
+    [85, 255, 0],
+    [0, 255, 0],
+    [0, 255, 85],
+    [0, 255, 170],
+    [0, 255, 255],
+    [0, 170, 255],
+    [0, 85, 255],
+    [0, 0, 255],
+    [85, 0, 255],
+    [170, 0, 255],
+    [255, 0, 255],
+    [255, 0, 170],
+    [255, 0, 85],
+]
 
 # A person facing the viewer on a 200x220 canvas (their right on the image's left), every joint and
 # limb midpoint far enough from the others that no drawing covers another's test pixel.
 SKELETON = {
-    "nose": (100, 40), "left_eye": (115, 28), "right_eye": (85, 28), "left_ear": (135, 32), "right_ear": (65, 32),
-    "left_shoulder": (140, 70), "right_shoulder": (60, 70), "left_elbow": (165, 110), "right_elbow": (35, 110),
-    "left_wrist": (180, 150), "right_wrist": (20, 150), "left_hip": (125, 140), "right_hip": (75, 140),
-    "left_knee": (135, 175), "right_knee": (65, 175), "left_ankle": (140, 210), "right_ankle": (60, 210),
+    "nose": (100, 40),
+    "left_eye": (115, 28),
+    "right_eye": (85, 28),
+    "left_ear": (135, 32),
+    "right_ear": (65, 32),
+    "left_shoulder": (140, 70),
+    "right_shoulder": (60, 70),
+    "left_elbow": (165, 110),
+    "right_elbow": (35, 110),
+    "left_wrist": (180, 150),
+    "right_wrist": (20, 150),
+    "left_hip": (125, 140),
+    "right_hip": (75, 140),
+    "left_knee": (135, 175),
+    "right_knee": (65, 175),
+    "left_ankle": (140, 210),
+    "right_ankle": (60, 210),
 }
 SIZE = (200, 220)
 
@@ -83,7 +148,7 @@ def test_every_joint_in_its_colour_and_every_limb_at_sixty_percent_of_its_own():
 def test_limbs_are_ellipses_along_the_bone_with_openposes_width():
     # only the right arm's upper bone, on a diagonal: the ellipse lies along it, 4 px to each side
     person = {"keypoints": [[0, 0, 0.0]] * 17}
-    person["keypoints"][6] = [50, 50, 1.0]    # right shoulder
+    person["keypoints"][6] = [50, 50, 1.0]  # right shoulder
     person["keypoints"][8] = [150, 150, 1.0]  # right elbow
     canvas = draw_openpose((200, 200), [person], threshold=0.3)
     limb = tuple(int(c * 0.6) for c in OPENPOSE_COLOURS[2])  # limb 3: right shoulder -> right elbow
@@ -126,7 +191,7 @@ def test_canny_is_white_edges_on_black_at_the_images_size():
     assert (values[..., 0] == values[..., 1]).all() and (values[..., 1] == values[..., 2]).all()
     white = values[..., 0] == 255
     assert white[19:41, 29:31].any() and white[19:41, 59:61].any()  # its left and right borders
-    assert not white[25:35, 35:55].any() and not white[:10].any()   # nothing inside it, nothing far away
+    assert not white[25:35, 35:55].any() and not white[:10].any()  # nothing inside it, nothing far away
     with pytest.raises(ValueError):
         canny_edges(Image.fromarray(array), low=200, high=100)
 

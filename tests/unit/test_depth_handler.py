@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
+from harness import load_handler, png_b64, png_bytes, run_batch, sample_image
 from PIL import Image
 
 from handlers.common import decode_png
 from handlers.common.drawing import COLORMAPS, colorize, normalize, to_uint16
 from handlers.depth_estimator import ENCODING, DepthEstimator
-from harness import load_handler, png_b64, png_bytes, run_batch, sample_image
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +84,19 @@ def test_png_round_trips_the_values_within_one_step(depth):
     assert np.abs(decode_depth(body) - expected).max() <= step
 
 
-@pytest.mark.parametrize("body, field, status", [
-    ({}, "image", 400),
-    ({"image": None}, "image", 400),
-    ({"image": "not base64!!"}, "image", 400),
-    ({"image": "aGVsbG8="}, "image", 400),  # base64 of "hello": not an image
-    ({"image": 12}, "image", 400),
-    ({"image": png_b64(sample_image()), "roi": [[0, 0, 5, 5]]}, "roi", 400),
-    ({"image": png_b64(Image.new("RGB", (2049, 1)))}, "image", 413),
-    (b"GIF89a not really", "image", 400),
-])
+@pytest.mark.parametrize(
+    "body, field, status",
+    [
+        ({}, "image", 400),
+        ({"image": None}, "image", 400),
+        ({"image": "not base64!!"}, "image", 400),
+        ({"image": "aGVsbG8="}, "image", 400),  # base64 of "hello": not an image
+        ({"image": 12}, "image", 400),
+        ({"image": png_b64(sample_image()), "roi": [[0, 0, 5, 5]]}, "roi", 400),
+        ({"image": png_b64(Image.new("RGB", (2049, 1)))}, "image", 413),
+        (b"GIF89a not really", "image", 400),
+    ],
+)
 def test_bad_input_names_the_field(depth, body, field, status):
     [(got, error)] = run_batch(depth, [body])
     assert got == status, error
@@ -108,11 +111,14 @@ def test_json_array_body_is_refused(depth):
 
 def test_image_limits_come_from_the_yaml():
     small = load_handler(DepthEstimator, "depth", limits={"max_image_side": 32, "max_image_pixels": 600})
-    ok, too_wide, too_many = run_batch(small, [
-        {"image": png_b64(sample_image(30, 20))},
-        {"image": png_b64(sample_image(33, 2))},
-        {"image": png_b64(sample_image(30, 30))},
-    ])
+    ok, too_wide, too_many = run_batch(
+        small,
+        [
+            {"image": png_b64(sample_image(30, 20))},
+            {"image": png_b64(sample_image(33, 2))},
+            {"image": png_b64(sample_image(30, 30))},
+        ],
+    )
     assert ok[0] == 200
     assert too_wide[0] == 413 and "at most 32" in too_wide[1]["message"]
     assert too_many[0] == 413 and "600" in too_many[1]["message"]

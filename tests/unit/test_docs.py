@@ -1,5 +1,6 @@
 """The project explains itself: its README, docs and code cite only files in the repo, and every
 repo path the README or docs/architecture.md names exists."""
+
 import re
 import subprocess
 from pathlib import Path
@@ -9,13 +10,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DOCS = ["README.md", "docs/architecture.md", "benchmarks/README.md"]
 # a path-looking token: a top-level folder of the repo, then more path
-PATH = re.compile(r"`((?:handlers|workflows|client|scripts|models|tests|benchmarks|docs|training|studio|deploy)"
-                  r"/[\w./<>*-]*)`")
+PATH = re.compile(
+    r"`((?:handlers|workflows|client|scripts|models|tests|benchmarks|docs|training|studio|deploy)"
+    r"/[\w./<>*-]*)`"
+)
 
 
 def tracked_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [REPO / line for line in out.splitlines() if line]
 
 

@@ -4,6 +4,7 @@ The stages reach the models through a ModelCaller; here it runs the real tiny ha
 depth, pose, sd (with its ControlNets) and clip in this process (tests/harness.py), one request at a
 time per model, and records every call, so a test sees which models ran and with what body.
 """
+
 from __future__ import annotations
 
 import threading
@@ -40,8 +41,7 @@ def handler_classes() -> dict[str, type]:
     from handlers.pose_estimator import PoseEstimator
     from handlers.text_to_image import TextToImage
 
-    return {"caption": Captioner, "clip": ClipScorer, "depth": DepthEstimator, "pose": PoseEstimator,
-            "sd": TextToImage}
+    return {"caption": Captioner, "clip": ClipScorer, "depth": DepthEstimator, "pose": PoseEstimator, "sd": TextToImage}
 
 
 class InProcessModels:
@@ -83,8 +83,9 @@ def settings(**overrides: Any) -> InterpretSettings:
 SETTINGS = settings()
 
 
-def interpret(models: InProcessModels, body: dict[str, Any], config: InterpretSettings = SETTINGS,
-              events: list | None = None) -> dict[str, Any]:
+def interpret(
+    models: InProcessModels, body: dict[str, Any], config: InterpretSettings = SETTINGS, events: list | None = None
+) -> dict[str, Any]:
     request = parse_request({"image": SOURCE, **FAST, **body}, config)
     on_event = (lambda stage, result: events.append((stage, result))) if events is not None else None
     return run_interpret(request, models, config, on_event)
@@ -92,11 +93,18 @@ def interpret(models: InProcessModels, body: dict[str, Any], config: InterpretSe
 
 # --- counts, order, seeds ----------------------------------------------------------------------
 
+
 def test_each_mode_gives_samples_times_priors_in_request_order_on_the_same_seeds(calls):
     result = interpret(calls, {"priors": ["pose", "canny", "depth"], "samples": 2, "seed": 11})
     samples = result["samples"]
     assert [(s["priors"], s["seed"]) for s in samples] == [
-        (["pose"], 11), (["pose"], 12), (["canny"], 11), (["canny"], 12), (["depth"], 11), (["depth"], 12)]
+        (["pose"], 11),
+        (["pose"], 12),
+        (["canny"], 11),
+        (["canny"], 12),
+        (["depth"], 11),
+        (["depth"], 12),
+    ]
     assert list(result["priors"]) == ["pose", "canny", "depth"]
     # one sd request per prior, each with one ControlNet and `samples` prompts (the caption)
     sd_calls = calls.called("sd")
@@ -107,8 +115,16 @@ def test_each_mode_gives_samples_times_priors_in_request_order_on_the_same_seeds
     assert len(calls.called("caption")) == len(calls.called("depth")) == len(calls.called("pose")) == 1
     for sample in samples:
         assert sample["image"] and -1 <= sample["scores"]["caption"] <= 1 and -1 <= sample["scores"]["source"] <= 1
-    assert set(result["timings"]) == {"caption", "depth", "pose", "canny", "generate_pose", "generate_canny",
-                                      "generate_depth", "score"}
+    assert set(result["timings"]) == {
+        "caption",
+        "depth",
+        "pose",
+        "canny",
+        "generate_pose",
+        "generate_canny",
+        "generate_depth",
+        "score",
+    }
 
 
 def test_combined_mode_gives_samples_from_one_multicontrolnet_request(calls):
@@ -121,8 +137,7 @@ def test_combined_mode_gives_samples_from_one_multicontrolnet_request(calls):
 
 
 def test_control_images_sent_to_sd_are_the_priors_returned(calls):
-    result = interpret(calls, {"priors": ["depth", "pose", "canny"], "samples": 1, "seed": 2,
-                               "scales": {"pose": 0.5}})
+    result = interpret(calls, {"priors": ["depth", "pose", "canny"], "samples": 1, "seed": 2, "scales": {"pose": 0.5}})
     for body in calls.called("sd"):
         [control] = body["control"]
         assert control["image"] == result["priors"][control["type"]]["control_image"]
@@ -147,14 +162,18 @@ def test_without_a_seed_every_prior_still_shares_the_noise(calls):
 
 # --- scores and ranking -----------------------------------------------------------------------
 
+
 def test_scores_are_clips_cosines_of_each_sample_with_the_caption_and_the_source(calls):
     result = interpret(calls, {"priors": ["canny", "depth"], "samples": 2, "seed": 3})
     [clip_body] = calls.called("clip")
     assert clip_body["texts"] == [result["caption"]["text"]] and clip_body["reference_image"] == SOURCE
     assert clip_body["images"] == [s["image"] for s in result["samples"]]
     # the same cosines, asked of clip directly for one sample
-    direct = calls("clip", {"images": [result["samples"][3]["image"]], "texts": [result["caption"]["text"]],
-                            "reference_image": SOURCE}, 60)["similarities"][0]
+    direct = calls(
+        "clip",
+        {"images": [result["samples"][3]["image"]], "texts": [result["caption"]["text"]], "reference_image": SOURCE},
+        60,
+    )["similarities"][0]
     expected = {"caption": direct["texts"][0], "source": direct["reference"]}
     assert result["samples"][3]["scores"] == pytest.approx(expected, abs=1e-5)
 
@@ -183,6 +202,7 @@ def test_ranking_score_and_ties():
 
 # --- editing priors: a supplied caption or prior image -------------------------------------------
 
+
 def test_a_supplied_caption_is_what_sd_receives_and_blip_is_not_called(calls):
     caption = "a lighthouse on a cliff at dusk"
     result = interpret(calls, {"priors": ["canny"], "samples": 2, "seed": 8, "caption": caption})
@@ -191,8 +211,16 @@ def test_a_supplied_caption_is_what_sd_receives_and_blip_is_not_called(calls):
     [sd_body] = calls.called("sd")
     assert sd_body["prompt"] == [caption, caption]
     # the samples are exactly sd's answer to that prompt with that control and seed, asked directly
-    direct = calls("sd", {"prompt": [caption] * 2, "seed": 8, "control": [
-        {"type": "canny", "image": result["priors"]["canny"]["control_image"]}], **FAST}, 600)
+    direct = calls(
+        "sd",
+        {
+            "prompt": [caption] * 2,
+            "seed": 8,
+            "control": [{"type": "canny", "image": result["priors"]["canny"]["control_image"]}],
+            **FAST,
+        },
+        600,
+    )
     assert [s["image"] for s in result["samples"]] == direct["images"]
     generated = interpret(calls, {"priors": ["canny"], "samples": 2, "seed": 8})
     assert generated["caption"]["edited"] is False and generated["caption"]["text"] != caption
@@ -201,8 +229,9 @@ def test_a_supplied_caption_is_what_sd_receives_and_blip_is_not_called(calls):
 
 def test_a_supplied_prior_image_is_not_computed_again(calls):
     edited_depth = png_b64(sample_image(SIDE, SIDE, seed=77).convert("L").convert("RGB"))
-    result = interpret(calls, {"priors": ["depth", "pose"], "samples": 1, "seed": 1,
-                               "prior_images": {"depth": edited_depth}})
+    result = interpret(
+        calls, {"priors": ["depth", "pose"], "samples": 1, "seed": 1, "prior_images": {"depth": edited_depth}}
+    )
     assert calls.called("depth") == [] and len(calls.called("pose")) == 1
     assert result["priors"]["depth"] == {"control_image": edited_depth, "supplied": True}
     depth_call = next(body for body in calls.called("sd") if body["control"][0]["type"] == "depth")
@@ -218,6 +247,7 @@ def test_everything_supplied_calls_only_sd_and_clip(calls):
 
 # --- streaming ----------------------------------------------------------------------------------
 
+
 def test_events_come_for_the_caption_each_prior_then_the_samples(calls):
     events: list = []
     result = interpret(calls, {"priors": ["depth", "pose", "canny"], "samples": 1, "seed": 6}, events=events)
@@ -231,38 +261,42 @@ def test_events_come_for_the_caption_each_prior_then_the_samples(calls):
 
 # --- bad input: refused before any model runs ------------------------------------------------------
 
-@pytest.mark.parametrize("body, field", [
-    ({"image": None}, "image"),
-    ({"image": 5}, "image"),
-    ({"image": "bm90IGFuIGltYWdl"}, "image"),
-    ({"caption": ""}, "caption"),
-    ({"caption": "x" * 301}, "caption"),
-    ({"priors": []}, "priors"),
-    ({"priors": ["normals"]}, "priors[0]"),
-    ({"priors": ["depth", "depth"]}, "priors[1]"),
-    ({"mode": "all"}, "mode"),
-    ({"samples": 0}, "samples"),
-    ({"samples": 5}, "samples"),
-    ({"samples": 1.5}, "samples"),
-    ({"scales": [1]}, "scales"),
-    ({"scales": {"canny": 1.0}}, "scales.canny"),
-    ({"scales": {"depth": 3}}, "scales.depth"),
-    ({"prior_images": {"pose": "xx"}}, "prior_images.pose"),
-    ({"prior_images": {"pose": "bm90IGFuIGltYWdl"}}, "prior_images.pose"),
-    ({"prior_images": {"canny": SOURCE}}, "prior_images.canny"),
-    ({"seed": -1}, "seed"),
-    ({"seed": 2**32}, "seed"),
-    ({"steps": 51}, "steps"),
-    ({"width": 60, "height": 64}, "width"),
-    ({"width": 32, "height": 64}, "width"),
-    ({"width": 768, "height": 768}, "width"),
-    ({"height": 64}, "height"),
-    ({"guidance_scale": 31}, "guidance_scale"),
-    ({"scheduler": "lms"}, "scheduler"),
-    ({"negative_prompt": 3}, "negative_prompt"),
-    ({"stream": "yes"}, "stream"),
-    ({"prompt": "a cat"}, "prompt"),
-])
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"image": None}, "image"),
+        ({"image": 5}, "image"),
+        ({"image": "bm90IGFuIGltYWdl"}, "image"),
+        ({"caption": ""}, "caption"),
+        ({"caption": "x" * 301}, "caption"),
+        ({"priors": []}, "priors"),
+        ({"priors": ["normals"]}, "priors[0]"),
+        ({"priors": ["depth", "depth"]}, "priors[1]"),
+        ({"mode": "all"}, "mode"),
+        ({"samples": 0}, "samples"),
+        ({"samples": 5}, "samples"),
+        ({"samples": 1.5}, "samples"),
+        ({"scales": [1]}, "scales"),
+        ({"scales": {"canny": 1.0}}, "scales.canny"),
+        ({"scales": {"depth": 3}}, "scales.depth"),
+        ({"prior_images": {"pose": "xx"}}, "prior_images.pose"),
+        ({"prior_images": {"pose": "bm90IGFuIGltYWdl"}}, "prior_images.pose"),
+        ({"prior_images": {"canny": SOURCE}}, "prior_images.canny"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"steps": 51}, "steps"),
+        ({"width": 60, "height": 64}, "width"),
+        ({"width": 32, "height": 64}, "width"),
+        ({"width": 768, "height": 768}, "width"),
+        ({"height": 64}, "height"),
+        ({"guidance_scale": 31}, "guidance_scale"),
+        ({"scheduler": "lms"}, "scheduler"),
+        ({"negative_prompt": 3}, "negative_prompt"),
+        ({"stream": "yes"}, "stream"),
+        ({"prompt": "a cat"}, "prompt"),
+    ],
+)
 def test_bad_input_is_refused_naming_the_field_before_any_model_runs(calls, body, field):
     with pytest.raises(InputError) as refused:
         parse_request({"image": SOURCE, **body}, SETTINGS)
@@ -279,6 +313,7 @@ def test_an_image_over_the_limit_is_413():
 
 
 # --- failures: named by stage, never hanging ----------------------------------------------------------
+
 
 def test_a_model_that_refuses_gives_its_4xx_naming_the_stage(calls):
     # limits looser than sd's (a misconfigured yaml): sd itself refuses the steps, after the priors
@@ -327,6 +362,7 @@ def test_a_timeout_is_504_naming_the_stage(models):
 
 # --- settings ------------------------------------------------------------------------------------
 
+
 def handler_section(name: str) -> dict[str, Any]:
     config = yaml.safe_load((REPO / "models" / name / "model-config.yaml").read_text())
     return config["handler"]
@@ -339,9 +375,13 @@ def test_the_interpreters_up_front_limits_never_exceed_the_models_it_calls():
     limits = SETTINGS.limits
     sd = load_settings(SdSettings, handler_section("sd")).limits
     clip = load_settings(ClipSettings, handler_section("clip")).limits
-    for analyzer in (clip, sd, load_settings(CaptionSettings, handler_section("caption")).limits,
-                     load_settings(DepthSettings, handler_section("depth")).limits,
-                     load_settings(PoseSettings, handler_section("pose")).limits):
+    for analyzer in (
+        clip,
+        sd,
+        load_settings(CaptionSettings, handler_section("caption")).limits,
+        load_settings(DepthSettings, handler_section("depth")).limits,
+        load_settings(PoseSettings, handler_section("pose")).limits,
+    ):
         assert limits.max_image_side <= analyzer.max_image_side
         assert limits.max_image_pixels <= analyzer.max_image_pixels
     assert limits.max_caption_length <= min(clip.max_text_length, sd.max_prompt_length)
@@ -359,12 +399,32 @@ def test_the_yamls_defaults_are_within_its_limits():
 
 
 def test_generation_body_carries_the_request_fields():
-    request = parse_request({"image": SOURCE, "priors": ["canny", "depth"], "samples": 2, "seed": 5,
-                             "scales": {"depth": 1.5}, "steps": 3, "width": 64, "height": 64,
-                             "scheduler": "euler", "negative_prompt": ""}, SETTINGS)
+    request = parse_request(
+        {
+            "image": SOURCE,
+            "priors": ["canny", "depth"],
+            "samples": 2,
+            "seed": 5,
+            "scales": {"depth": 1.5},
+            "steps": 3,
+            "width": 64,
+            "height": 64,
+            "scheduler": "euler",
+            "negative_prompt": "",
+        },
+        SETTINGS,
+    )
     body = generation_body(request, "a cat", ["depth"], {"depth": {"control_image": "D"}})
-    assert body == {"prompt": ["a cat", "a cat"], "seed": 5, "control": [{"type": "depth", "image": "D", "scale": 1.5}],
-                    "steps": 3, "width": 64, "height": 64, "scheduler": "euler", "negative_prompt": ""}
+    assert body == {
+        "prompt": ["a cat", "a cat"],
+        "seed": 5,
+        "control": [{"type": "depth", "image": "D", "scale": 1.5}],
+        "steps": 3,
+        "width": 64,
+        "height": 64,
+        "scheduler": "euler",
+        "negative_prompt": "",
+    }
 
 
 def test_an_empty_generated_caption_is_a_502_naming_the_caption_stage(models):

@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pytest
+from harness import WEIGHTS, load_handler, png_b64, png_bytes, run_batch, sample_image
 from PIL import Image
 from skimage import data as skimage_data
 
@@ -9,7 +10,6 @@ from handlers.common import decode_png
 from handlers.common.drawing import COCO_KEYPOINT_NAMES, COCO_SKELETON, draw_pose
 from handlers.common.openpose import draw_openpose
 from handlers.pose_estimator import PoseEstimator
-from harness import WEIGHTS, load_handler, png_b64, png_bytes, run_batch, sample_image
 
 # Tiny random weights score everything near 0.01: threshold 0 and no size floor let the detector
 # path find "people"; threshold 1 guarantees it finds none.
@@ -76,8 +76,12 @@ def test_detector_finds_people_without_roi(pose):
 
 
 def test_max_people_limit_bounds_detections():
-    few = load_handler(PoseEstimator, "pose", **DETECTS,
-                       limits={"max_image_side": 2048, "max_image_pixels": 4194304, "max_rois": 2, "max_people": 3})
+    few = load_handler(
+        PoseEstimator,
+        "pose",
+        **DETECTS,
+        limits={"max_image_side": 2048, "max_image_pixels": 4194304, "max_rois": 2, "max_people": 3},
+    )
     [(status, body)] = run_batch(few, [{"image": png_b64(sample_image(200, 150))}])
     assert status == 200, body
     assert body["boxes_from"] == "detector" and 1 <= len(body["people"]) <= 3
@@ -119,6 +123,7 @@ def test_whole_image_fallback_when_detector_fails(monkeypatch):
 
     def explode(*args, **kwargs):
         raise RuntimeError("out of memory")
+
     monkeypatch.setattr(broken.detector, "forward", explode)
     [(status, body)] = run_batch(broken, [{"image": png_b64(sample_image(40, 30))}])
     assert status == 200, body
@@ -148,19 +153,22 @@ def test_batch_of_mixed_requests_is_one_detector_and_one_pose_forward(pose):
     assert len(results[5][1]["people"]) == 2
 
 
-@pytest.mark.parametrize("body, field, status", [
-    ({}, "image", 400),
-    ({"image": "not base64!!"}, "image", 400),
-    ({"image": "aGVsbG8="}, "image", 400),
-    ({"image": png_b64(sample_image()), "roi": "everyone"}, "roi", 400),
-    ({"image": png_b64(sample_image()), "roi": []}, "roi", 400),
-    ({"image": png_b64(sample_image()), "roi": [[0, 0, 10]]}, "roi[0]", 400),
-    ({"image": png_b64(sample_image()), "roi": [[0, 0, 10, 10], [0, 0, 65, 10]]}, "roi[1]", 400),
-    ({"image": png_b64(sample_image()), "roi": [[0, 0, "a", 10]]}, "roi[0][2]", 400),
-    ({"image": png_b64(sample_image()), "roi": [[0, 0, 5, 5]] * 11}, "roi", 400),
-    ({"image": png_b64(sample_image()), "people": 2}, "people", 400),
-    ({"image": png_b64(Image.new("RGB", (2049, 2)))}, "image", 413),
-])
+@pytest.mark.parametrize(
+    "body, field, status",
+    [
+        ({}, "image", 400),
+        ({"image": "not base64!!"}, "image", 400),
+        ({"image": "aGVsbG8="}, "image", 400),
+        ({"image": png_b64(sample_image()), "roi": "everyone"}, "roi", 400),
+        ({"image": png_b64(sample_image()), "roi": []}, "roi", 400),
+        ({"image": png_b64(sample_image()), "roi": [[0, 0, 10]]}, "roi[0]", 400),
+        ({"image": png_b64(sample_image()), "roi": [[0, 0, 10, 10], [0, 0, 65, 10]]}, "roi[1]", 400),
+        ({"image": png_b64(sample_image()), "roi": [[0, 0, "a", 10]]}, "roi[0][2]", 400),
+        ({"image": png_b64(sample_image()), "roi": [[0, 0, 5, 5]] * 11}, "roi", 400),
+        ({"image": png_b64(sample_image()), "people": 2}, "people", 400),
+        ({"image": png_b64(Image.new("RGB", (2049, 2)))}, "image", 413),
+    ],
+)
 def test_bad_input_names_the_field(pose, body, field, status):
     [(got, error)] = run_batch(pose, [body])
     assert got == status, error
@@ -170,8 +178,9 @@ def test_bad_input_names_the_field(pose, body, field, status):
 def test_real_photograph_through_detector_and_roi(pose, astronaut):
     assert astronaut.size == (512, 512)
     before = pose.detector_forwards, pose.pose_forwards
-    detected, given = run_batch(pose, [png_bytes(astronaut),
-                                       {"image": png_b64(astronaut), "roi": [[130, 20, 380, 512]]}])
+    detected, given = run_batch(
+        pose, [png_bytes(astronaut), {"image": png_b64(astronaut), "roi": [[130, 20, 380, 512]]}]
+    )
     assert (pose.detector_forwards, pose.pose_forwards) == (before[0] + 1, before[1] + 1)
     assert detected[0] == 200 and given[0] == 200, (detected, given)
     assert detected[1]["boxes_from"] == "detector"
@@ -209,9 +218,9 @@ def test_control_image_is_the_openpose_rendering_of_the_answered_keypoints():
 def test_draw_pose_draws_confident_joints_and_limbs_only():
     canvas = Image.new("RGB", (100, 100))
     keypoints = [[0.0, 0.0, 0.0]] * 17
-    keypoints[5] = [20.0, 50.0, 0.9]   # left shoulder
-    keypoints[6] = [80.0, 50.0, 0.9]   # right shoulder: the (5, 6) limb is drawn between them
-    keypoints[0] = [50.0, 10.0, 0.1]   # nose below threshold: not drawn
+    keypoints[5] = [20.0, 50.0, 0.9]  # left shoulder
+    keypoints[6] = [80.0, 50.0, 0.9]  # right shoulder: the (5, 6) limb is drawn between them
+    keypoints[0] = [50.0, 10.0, 0.1]  # nose below threshold: not drawn
     assert (5, 6) in COCO_SKELETON
     drawn = np.asarray(draw_pose(canvas, [{"keypoints": keypoints, "box": [10, 5, 90, 95]}], threshold=0.3))
     assert drawn[50, 20].any() and drawn[50, 80].any() and drawn[50, 50].any()

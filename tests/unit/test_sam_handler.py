@@ -1,18 +1,17 @@
 """`sam` handler in-process (tiny random weights): prompts, automatic masks, batching, cache, errors."""
+
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from harness import REPO, load_handler, model_config, png_b64, png_bytes, run_batch, sample_image
 from pycocotools import mask as mask_utils
 
-from handlers.common.boxes import box_nms
-from handlers.common.masks import (encode_mask, encoded_size_bound, mask_to_box, masks_to_boxes, png_to_mask,
-                                   rle_to_mask)
 from handlers.common import weights_dir
+from handlers.common.boxes import box_nms
+from handlers.common.masks import encode_mask, encoded_size_bound, mask_to_box, masks_to_boxes, png_to_mask, rle_to_mask
 from handlers.segmenter import Segmenter
-from harness import model_config, REPO, load_handler, png_b64, png_bytes, run_batch, sample_image
 
 WIDTH, HEIGHT = 61, 37  # odd, non-square: masks must come back at exactly this size
 AUTOMATIC = {"points_per_side": 4, "points_per_batch": 5, "pred_iou_thresh": 0, "stability_score_thresh": 0}
@@ -38,8 +37,9 @@ def check_masks(result, count, width=WIDTH, height=HEIGHT):
     """Every per-mask list has ``count`` entries and they all describe the same masks."""
     assert all(len(result[field]) == count for field in MASK_FIELDS), {f: len(result[f]) for f in MASK_FIELDS}
     assert isinstance(result["cache_hit"], bool)
-    for png, rle, polygon, box, area in zip(result["masks"], result["rle"], result["polygons"], result["boxes"],
-                                            result["areas"]):
+    for png, rle, polygon, box, area in zip(
+        result["masks"], result["rle"], result["polygons"], result["boxes"], result["areas"]
+    ):
         mask = png_to_mask(png)
         assert mask.shape == (height, width)
         # COCO RLE round-trips through pycocotools to the same mask
@@ -177,32 +177,35 @@ def test_metrics_count_masks_and_cache_hits(sam, monkeypatch):
 GOOD = {"image": image(), "roi": [[0, 0, 10, 10]]}
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"roi": [[0, 0, 10, 10]]}, "image"),
-    ({"image": "not base64!!"}, "image"),
-    ({"image": png_b64(sample_image(2049, 2))}, "image"),
-    ({"image": png_b64(sample_image(2048, 1))}, "image"),  # 64 / 2048 rounds to a 0-pixel side
-    ({"image": image(), "box": [[0, 0, 1, 1]]}, "box"),
-    ({"image": image(), "roi": "0,0,10,10"}, "roi"),
-    ({"image": image(), "roi": []}, "roi"),
-    ({"image": image(), "roi": [[0, 0, 10]]}, "roi[0]"),
-    ({"image": image(), "roi": [[0, 0, 10, 10], [10, 10, 5, 20]]}, "roi[1]"),
-    ({"image": image(), "roi": [[0, 10, 10, 5]]}, "roi[0]"),
-    ({"image": image(), "roi": [[0, 0, 62, 10]]}, "roi[0]"),
-    ({"image": image(), "roi": [[-1, 0, 10, 10]]}, "roi[0]"),
-    ({"image": image(), "roi": [[0, 0, "a", 10]]}, "roi[0][2]"),
-    ({"image": image(), "roi": [[0, 0, 10, 10]] * 17}, "roi"),
-    ({"image": image(), "points": [[1]]}, "points[0]"),
-    ({"image": image(), "points": [1, 2]}, "points[0]"),
-    ({"image": image(), "points": [[1, 2], [70, 2]]}, "points[1]"),
-    ({"image": image(), "points": [[1, 1]] * 17}, "points"),
-    ({"image": image(), "points": [[1, 1], [2, 2]], "point_labels": [1]}, "point_labels"),
-    ({"image": image(), "points": [[1, 1], [2, 2]], "point_labels": [1, 2]}, "point_labels[1]"),
-    ({"image": image(), "points": [[1, 1]], "point_labels": [True]}, "point_labels[0]"),
-    ({"image": image(), "points": [[1, 1]], "point_labels": 1}, "point_labels"),
-    ({"image": image(), "point_labels": [1]}, "point_labels"),
-    ({"image": image(), "roi": [[0, 0, 10, 10]], "multimask": "yes"}, "multimask"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"roi": [[0, 0, 10, 10]]}, "image"),
+        ({"image": "not base64!!"}, "image"),
+        ({"image": png_b64(sample_image(2049, 2))}, "image"),
+        ({"image": png_b64(sample_image(2048, 1))}, "image"),  # 64 / 2048 rounds to a 0-pixel side
+        ({"image": image(), "box": [[0, 0, 1, 1]]}, "box"),
+        ({"image": image(), "roi": "0,0,10,10"}, "roi"),
+        ({"image": image(), "roi": []}, "roi"),
+        ({"image": image(), "roi": [[0, 0, 10]]}, "roi[0]"),
+        ({"image": image(), "roi": [[0, 0, 10, 10], [10, 10, 5, 20]]}, "roi[1]"),
+        ({"image": image(), "roi": [[0, 10, 10, 5]]}, "roi[0]"),
+        ({"image": image(), "roi": [[0, 0, 62, 10]]}, "roi[0]"),
+        ({"image": image(), "roi": [[-1, 0, 10, 10]]}, "roi[0]"),
+        ({"image": image(), "roi": [[0, 0, "a", 10]]}, "roi[0][2]"),
+        ({"image": image(), "roi": [[0, 0, 10, 10]] * 17}, "roi"),
+        ({"image": image(), "points": [[1]]}, "points[0]"),
+        ({"image": image(), "points": [1, 2]}, "points[0]"),
+        ({"image": image(), "points": [[1, 2], [70, 2]]}, "points[1]"),
+        ({"image": image(), "points": [[1, 1]] * 17}, "points"),
+        ({"image": image(), "points": [[1, 1], [2, 2]], "point_labels": [1]}, "point_labels"),
+        ({"image": image(), "points": [[1, 1], [2, 2]], "point_labels": [1, 2]}, "point_labels[1]"),
+        ({"image": image(), "points": [[1, 1]], "point_labels": [True]}, "point_labels[0]"),
+        ({"image": image(), "points": [[1, 1]], "point_labels": 1}, "point_labels"),
+        ({"image": image(), "point_labels": [1]}, "point_labels"),
+        ({"image": image(), "roi": [[0, 0, 10, 10]], "multimask": "yes"}, "multimask"),
+    ],
+)
 def test_malformed_request_names_the_field_and_fails_alone(sam, body, field):
     results = run_batch(sam, [GOOD, body, GOOD])
     assert [status for status, _ in results][::2] == [200, 200]
@@ -238,11 +241,24 @@ def test_encoded_size_bound_holds_for_adversarial_masks(height, width):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:height, :width]
     bound = encoded_size_bound(width, height)
-    for mask in ((yy + xx) % 2 == 0, yy % 2 == 0, xx % 2 == 0, rng.random((height, width)) > 0.5,
-                 np.ones((height, width), bool), np.zeros((height, width), bool)):
+    for mask in (
+        (yy + xx) % 2 == 0,
+        yy % 2 == 0,
+        xx % 2 == 0,
+        rng.random((height, width)) > 0.5,
+        np.ones((height, width), bool),
+        np.zeros((height, width), bool),
+    ):
         encoded = encode_mask(mask)
-        size = (len(encoded["mask"]) + len(encoded["rle"]["counts"]) + 40 + len(str(encoded["polygon"]))
-                + len(str(encoded["box"])) + len(str(encoded["area"])) + 26)
+        size = (
+            len(encoded["mask"])
+            + len(encoded["rle"]["counts"])
+            + 40
+            + len(str(encoded["polygon"]))
+            + len(str(encoded["box"]))
+            + len(str(encoded["area"]))
+            + 26
+        )
         assert size <= bound
         assert np.array_equal(rle_to_mask(encoded["rle"]), mask)
 
@@ -253,15 +269,18 @@ def test_polygon_vertex_cap_and_box_helpers():
     comb[-1] = True  # one region with 100 teeth: hundreds of vertices
     assert 2 <= len(encode_mask(comb, max_points=20)["polygon"]) <= 20
     yy, xx = np.mgrid[:200, :200]
-    disk = (yy - 100) ** 2 + (xx - 90) ** 2 < 80 ** 2
+    disk = (yy - 100) ** 2 + (xx - 90) ** 2 < 80**2
     assert len(encode_mask(disk)["polygon"]) > 12
     polygon = encode_mask(disk, max_points=12)["polygon"]
     assert 8 <= len(polygon) <= 12  # the tolerance grows only as far as it must
     masks = torch.zeros(3, 10, 12, dtype=torch.bool)
     masks[0, 2:5, 3:8] = True
     masks[1, 9, 11] = True
-    assert masks_to_boxes(masks).tolist() == [mask_to_box(m.numpy()) for m in masks] == [
-        [3, 2, 8, 5], [11, 9, 12, 10], [0, 0, 0, 0]]
+    assert (
+        masks_to_boxes(masks).tolist()
+        == [mask_to_box(m.numpy()) for m in masks]
+        == [[3, 2, 8, 5], [11, 9, 12, 10], [0, 0, 0, 0]]
+    )
     boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 9, 10.0]])
     assert box_nms(boxes, torch.tensor([0.5, 0.9, 0.3, 0.8]), 0.7).tolist() == [1, 2]
 
@@ -281,7 +300,8 @@ def test_half_precision_path(sam):
 
 
 def test_module_has_exactly_one_class_for_torchserve():
-    import handlers.segmenter as module
     from ts.utils.util import list_classes_from_module
+
+    import handlers.segmenter as module
 
     assert list_classes_from_module(module) == [Segmenter]

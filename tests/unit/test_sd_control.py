@@ -1,4 +1,5 @@
 """`sd` with `control` (DESIGN §11), in-process on the tiny weights and their three tiny ControlNets."""
+
 import base64
 import shutil
 
@@ -44,9 +45,15 @@ def test_all_three_controlnets_load_in_the_worker_sharing_its_models(sd):
 
 
 def test_control_changes_the_image_and_scale_zero_is_no_control(sd):
-    results = run_batch(sd, [req(seed=4), req(seed=4, controls=[control("depth", POSE)]),
-                             req(seed=4, controls=[control("depth", DEPTH, scale=0)]),
-                             {"prompt": "a dancer", "steps": STEPS, "seed": 4}])
+    results = run_batch(
+        sd,
+        [
+            req(seed=4),
+            req(seed=4, controls=[control("depth", POSE)]),
+            req(seed=4, controls=[control("depth", DEPTH, scale=0)]),
+            {"prompt": "a dancer", "steps": STEPS, "seed": 4},
+        ],
+    )
     assert [status for status, _ in results] == [200] * 4
     depth, other_image, scale_zero, plain = (image_bytes(body) for _, body in results)
     assert depth != plain and depth != other_image  # the control image acts, and which one matters
@@ -54,11 +61,15 @@ def test_control_changes_the_image_and_scale_zero_is_no_control(sd):
     assert scale_zero == plain
 
 
-@pytest.mark.parametrize("controls", [
-    [control("depth", DEPTH)],
-    [control("pose", POSE, scale=0.7, start=0.2), control("canny", CANNY, end=0.8)],
-    [control("canny", CANNY), control("depth", DEPTH, scale=1.5), control("pose", POSE)],
-], ids=["one", "two", "three"])
+@pytest.mark.parametrize(
+    "controls",
+    [
+        [control("depth", DEPTH)],
+        [control("pose", POSE, scale=0.7, start=0.2), control("canny", CANNY, end=0.8)],
+        [control("canny", CANNY), control("depth", DEPTH, scale=1.5), control("pose", POSE)],
+    ],
+    ids=["one", "two", "three"],
+)
 def test_same_seed_is_bit_identical_alone_or_batched_with_control(sd, controls):
     target = req(seed=1234, controls=controls)
     [(status, alone)] = run_batch(sd, [target])
@@ -75,13 +86,13 @@ def test_same_seed_is_bit_identical_alone_or_batched_with_control(sd, controls):
 
 def test_grouped_by_control_types_and_each_ones_scale_start_and_end(sd):
     bodies = [
-        req(seed=1),                                                         # depth
-        req(seed=2),                                                         # depth: with the first
-        req(seed=3, controls=[control("depth", DEPTH, scale=0.5)]),          # another scale
-        req(seed=4, controls=[control("depth", DEPTH, end=0.5)]),            # another end
+        req(seed=1),  # depth
+        req(seed=2),  # depth: with the first
+        req(seed=3, controls=[control("depth", DEPTH, scale=0.5)]),  # another scale
+        req(seed=4, controls=[control("depth", DEPTH, end=0.5)]),  # another end
         req(seed=5, controls=[control("pose", POSE), control("depth", DEPTH)]),  # depth + pose, listed pose first
         req(seed=6, controls=[control("depth", DEPTH), control("pose", POSE)]),  # the same pair: one call
-        {"prompt": "no control", "steps": STEPS, "seed": 7},                # no control: a call of its own
+        {"prompt": "no control", "steps": STEPS, "seed": 7},  # no control: a call of its own
     ]
     before = sd.pipeline_calls
     results = run_batch(sd, bodies)
@@ -97,9 +108,9 @@ def test_size_defaults_to_the_first_control_image_scaled_to_fit(sd):
     small = png_b64(sample_image(100, 70, seed=6))
     cases = [
         ([control("depth", wide)], {}, (768, 192)),
-        ([control("depth", small), control("pose", wide)], {}, (96, 64)),   # the FIRST image decides
+        ([control("depth", small), control("pose", wide)], {}, (96, 64)),  # the FIRST image decides
         ([control("depth", small)], {"width": 64, "height": 128}, (64, 128)),  # given sizes win
-        ([control("depth", wide)], {"width": 256}, (256, 64)),               # one side: the aspect kept
+        ([control("depth", wide)], {"width": 256}, (256, 64)),  # one side: the aspect kept
         ([control("depth", wide)], {"height": 96}, (384, 96)),
     ]
     limits = model_config("sd")["handler"]["limits"]
@@ -113,29 +124,44 @@ def test_size_defaults_to_the_first_control_image_scaled_to_fit(sd):
 BAD = [
     ({"control": "depth"}, "control", "control: must be a list"),
     ({"control": []}, "control", "control: must not be an empty list"),
-    ({"control": [control("depth", DEPTH), control("pose", POSE), control("canny", CANNY),
-                  control("depth", DEPTH)]}, "control", "control: has 4 entries; the limit is 3"),
+    (
+        {"control": [control("depth", DEPTH), control("pose", POSE), control("canny", CANNY), control("depth", DEPTH)]},
+        "control",
+        "control: has 4 entries; the limit is 3",
+    ),
     ({"control": ["depth"]}, "control[0]", "control[0]: must be an object"),
     ({"control": [{"image": DEPTH}]}, "control[0].type", "control[0].type: is required"),
     ({"control": [control(3, DEPTH)]}, "control[0].type", None),
     ({"control": [control("seg", DEPTH)]}, "control[0].type", "control[0].type: unknown control type 'seg'"),
-    ({"control": [control("depth", DEPTH), control("depth", POSE)]}, "control[1].type",
-     "control[1].type: 'depth' is already control[0]"),
+    (
+        {"control": [control("depth", DEPTH), control("depth", POSE)]},
+        "control[1].type",
+        "control[1].type: 'depth' is already control[0]",
+    ),
     ({"control": [control("depth", DEPTH, colour=1)]}, "control[0].colour", "control[0].colour: unknown field"),
     ({"control": [{"type": "depth"}]}, "control[0].image", "control[0].image: is required"),
     ({"control": [control("depth", "not base64!")]}, "control[0].image", "control[0].image: is not valid base64"),
-    ({"control": [control("depth", base64.b64encode(b"no image").decode())]}, "control[0].image",
-     "control[0].image: is not a PNG or JPEG image"),
+    (
+        {"control": [control("depth", base64.b64encode(b"no image").decode())]},
+        "control[0].image",
+        "control[0].image: is not a PNG or JPEG image",
+    ),
     ({"control": [control("depth", png_b64(sample_image(2049, 8)))]}, "control[0].image", None),
-    ({"control": [control("pose", POSE), control("depth", DEPTH, scale=2.5)]}, "control[1].scale",
-     "control[1].scale: must be <= 2.0, got 2.5"),
+    (
+        {"control": [control("pose", POSE), control("depth", DEPTH, scale=2.5)]},
+        "control[1].scale",
+        "control[1].scale: must be <= 2.0, got 2.5",
+    ),
     ({"control": [control("depth", DEPTH, scale=-0.1)]}, "control[0].scale", None),
     ({"control": [control("depth", DEPTH, scale="1")]}, "control[0].scale", "control[0].scale: must be a number"),
     ({"control": [control("depth", DEPTH, scale=float("nan"))]}, "control[0].scale", None),
     ({"control": [control("depth", DEPTH, start=-0.5)]}, "control[0].start", None),
     ({"control": [control("depth", DEPTH, end=1.5)]}, "control[0].end", "control[0].end: must be <= 1"),
-    ({"control": [control("depth", DEPTH, start=0.6, end=0.4)]}, "control[0].start",
-     "control[0].start: must be < end (0.4), got 0.6"),
+    (
+        {"control": [control("depth", DEPTH, start=0.6, end=0.4)]},
+        "control[0].start",
+        "control[0].start: must be < end (0.4), got 0.6",
+    ),
     ({"control": [control("depth", DEPTH, start=0.5, end=0.5)]}, "control[0].start", None),
     ({"control": [control("depth", DEPTH, end=True)]}, "control[0].end", None),
 ]
@@ -153,8 +179,12 @@ def test_bad_control_names_the_field(sd, fields, field, message):
 
 def test_a_bad_control_fails_alone_in_its_batch(sd):
     good = req(seed=21)
-    bodies = [good, req(controls=[control("depth", DEPTH, scale=9)]), req(seed=22),
-              req(controls=[control("seg", DEPTH)])]
+    bodies = [
+        good,
+        req(controls=[control("depth", DEPTH, scale=9)]),
+        req(seed=22),
+        req(controls=[control("seg", DEPTH)]),
+    ]
     before = sd.pipeline_calls
     results = run_batch(sd, bodies)
     assert [status for status, _ in results] == [200, 400, 200, 400]
@@ -170,11 +200,18 @@ def test_a_type_not_loaded_is_a_4xx_naming_it(tmp_path):
     shutil.rmtree(weights / "controlnet" / "canny")
     partial = load_handler(TextToImage, "sd", weights_dir=str(weights), control={"types": ["depth", "canny"]})
     assert list(partial.controlnets) == ["depth"]
-    results = run_batch(partial, [req(seed=1, controls=[control("depth", DEPTH), control("canny", CANNY)]),
-                                  req(seed=2, controls=[control("pose", POSE)]), req(seed=3)])
+    results = run_batch(
+        partial,
+        [
+            req(seed=1, controls=[control("depth", DEPTH), control("canny", CANNY)]),
+            req(seed=2, controls=[control("pose", POSE)]),
+            req(seed=3),
+        ],
+    )
     assert [status for status, _ in results] == [400, 400, 200]
-    assert results[0][1]["message"] == ("control[1].type: no canny ControlNet is installed on this server "
-                                        "(installed: depth)")
+    assert results[0][1]["message"] == (
+        "control[1].type: no canny ControlNet is installed on this server (installed: depth)"
+    )
     assert results[1][1]["message"].startswith("control[0].type: no pose ControlNet is installed")
 
 
@@ -188,6 +225,7 @@ def test_settings_refuse_bad_control_defaults():
 
 
 # --- the per-image split itself: each image's rows alone == its rows of the batched forward -------
+
 
 def guided_rows(images, *shape, seed=0):
     """Rows as the pipeline stacks them with guidance: [uncond_1..uncond_N, cond_1..cond_N]."""
@@ -204,11 +242,26 @@ def test_controlnet_forward_split_per_image_equals_each_image_alone(sd):
     net, images = sd.controlnets["pose"], 3
     sample, text = guided_rows(images, 4, 8, 8), guided_rows(images, 77, 32, seed=1)
     cond = guided_rows(images, 3, 64, 64, seed=2)
-    split = forward_per_image(net.forward, images, ControlNetOutput, sample, torch.tensor(500), text, cond,
-                              conditioning_scale=0.8, return_dict=True)
+    split = forward_per_image(
+        net.forward,
+        images,
+        ControlNetOutput,
+        sample,
+        torch.tensor(500),
+        text,
+        cond,
+        conditioning_scale=0.8,
+        return_dict=True,
+    )
     for i in range(images):
-        down, mid = net(pick(sample, i, images), torch.tensor(500), pick(text, i, images), pick(cond, i, images),
-                        conditioning_scale=0.8, return_dict=False)
+        down, mid = net(
+            pick(sample, i, images),
+            torch.tensor(500),
+            pick(text, i, images),
+            pick(cond, i, images),
+            conditioning_scale=0.8,
+            return_dict=False,
+        )
         assert torch.equal(pick(split.mid_block_res_sample, i, images), mid)
         assert len(split.down_block_res_samples) == len(down)
         for batched, own in zip(split.down_block_res_samples, down):
@@ -220,12 +273,24 @@ def test_unet_forward_split_per_image_splits_the_controlnet_residuals(sd):
     unet, net, images = sd.pipe.unet, sd.controlnets["depth"], 2
     sample, text = guided_rows(images, 4, 8, 8), guided_rows(images, 77, 32, seed=1)
     down, mid = net(sample, torch.tensor(300), text, guided_rows(images, 3, 64, 64, seed=2), return_dict=False)
-    split = forward_per_image(unet.forward, images, UNet2DConditionOutput, sample, torch.tensor(300), text,
-                              down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    split = forward_per_image(
+        unet.forward,
+        images,
+        UNet2DConditionOutput,
+        sample,
+        torch.tensor(300),
+        text,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+    )
     for i in range(images):
-        own = unet(pick(sample, i, images), torch.tensor(300), pick(text, i, images),
-                   down_block_additional_residuals=tuple(pick(d, i, images) for d in down),
-                   mid_block_additional_residual=pick(mid, i, images)).sample
+        own = unet(
+            pick(sample, i, images),
+            torch.tensor(300),
+            pick(text, i, images),
+            down_block_additional_residuals=tuple(pick(d, i, images) for d in down),
+            mid_block_additional_residual=pick(mid, i, images),
+        ).sample
         assert torch.equal(pick(split.sample, i, images), own)
     # the residuals reach the UNet: without them its output differs
     assert not torch.equal(split.sample, unet(sample, torch.tensor(300), text).sample)

@@ -3,12 +3,12 @@ import json
 import types
 
 import pytest
+from harness import load_handler, run_batch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.protocol.otf_message_handler import create_predict_response
 
 from handlers.common import Batch, decode_png
 from handlers.text_to_image import SCHEDULERS, TextToImage
-from harness import load_handler, run_batch
 
 STEPS = 3  # tiny weights: a few ms per step at 64x64
 
@@ -73,13 +73,16 @@ def test_batch_of_same_shape_is_one_pipeline_call(sd):
     assert [body["request_id"] for _, body in results] == [f"req-{i}" for i in range(5)]
 
 
-@pytest.mark.parametrize("fields", [
-    {},                                         # classifier-free guidance (the default scheduler, dpm++)
-    {"scheduler": "euler_a"},                   # fresh noise from the generators at every step
-    {"guidance_scale": 1.0, "scheduler": "ddim"},  # no guidance: one UNet row per image
-    {"negative_prompt": "blurry", "width": 96},
-    {"steps": 25, "width": 128, "height": 128},  # batched UNet forwards would drift here on CPU
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},  # classifier-free guidance (the default scheduler, dpm++)
+        {"scheduler": "euler_a"},  # fresh noise from the generators at every step
+        {"guidance_scale": 1.0, "scheduler": "ddim"},  # no guidance: one UNet row per image
+        {"negative_prompt": "blurry", "width": 96},
+        {"steps": 25, "width": 128, "height": 128},  # batched UNet forwards would drift here on CPU
+    ],
+)
 def test_same_seed_is_bit_identical_alone_or_in_a_batch(sd, fields):
     target = req("a red bicycle", seed=1234, **fields)
     [(status, alone)] = run_batch(sd, [target])
@@ -92,8 +95,14 @@ def test_same_seed_is_bit_identical_alone_or_in_a_batch(sd, fields):
 
 
 def test_mixed_shapes_in_one_batch_are_grouped_and_all_answered(sd):
-    bodies = [req(seed=1), req(seed=2, width=96), req(seed=3, height=128),
-              req(seed=4, width=96), req(seed=5, steps=2), req(["a", "b"], seed=6, guidance_scale=3.0)]
+    bodies = [
+        req(seed=1),
+        req(seed=2, width=96),
+        req(seed=3, height=128),
+        req(seed=4, width=96),
+        req(seed=5, steps=2),
+        req(["a", "b"], seed=6, guidance_scale=3.0),
+    ]
     before = sd.pipeline_calls
     results = run_batch(sd, bodies)
     assert [status for status, _ in results] == [200] * 6
@@ -159,8 +168,14 @@ def test_bad_input_names_the_field(sd, body, field, message):
 
 def test_bad_requests_fail_alone_in_a_batch(sd):
     good = req(seed=11)
-    bodies = [good, {"prompt": "a", "steps": 80}, req(seed=12), b'{"prompt": ', req(["c", "d"], seed=13),
-              {"prompt": "a", "width": 100}]
+    bodies = [
+        good,
+        {"prompt": "a", "steps": 80},
+        req(seed=12),
+        b'{"prompt": ',
+        req(["c", "d"], seed=13),
+        {"prompt": "a", "width": 100},
+    ]
     before = sd.pipeline_calls
     results = run_batch(sd, bodies)
     assert [status for status, _ in results] == [200, 400, 200, 400, 200, 400]
@@ -221,8 +236,9 @@ def test_progress_goes_to_the_frontend_as_an_intermediate_response(sd, monkeypat
         assert b"ts_stream_next" in message and b"application/json" in message
         assert json.dumps({"request_id": "req-1", "step": step, "steps": 2}, separators=(",", ":")).encode() in message
     # the final response closes the stream: TorchServe flips the header to false when it encodes it
-    final = create_predict_response([json.dumps(body) for _, body in results], sd.context.request_ids, "ok", 200,
-                                    sd.context)
+    final = create_predict_response(
+        [json.dumps(body) for _, body in results], sd.context.request_ids, "ok", 200, sd.context
+    )
     assert sd.context.get_response_headers(1)["ts_stream_next"] == "false"
     assert b"req-0" in final and b"req-1" in final
 
@@ -237,8 +253,11 @@ def test_progress_is_not_sent_in_process(sd):
 def test_metrics(sd, monkeypatch):
     recorded = []
     real = sd.add_metric
-    monkeypatch.setattr(sd, "add_metric", lambda name, value, unit="count": (recorded.append((name, value, unit)),
-                                                                              real(name, value, unit)))
+    monkeypatch.setattr(
+        sd,
+        "add_metric",
+        lambda name, value, unit="count": (recorded.append((name, value, unit)), real(name, value, unit)),
+    )
     run_batch(sd, [req(["a", "b"], seed=1), req(seed=2)])
     assert ("ImagesGenerated", 3, "count") in recorded
     [(rate, unit)] = [(v, u) for n, v, u in recorded if n == "DenoisingStepsPerSecond"]

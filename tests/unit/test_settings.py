@@ -1,18 +1,25 @@
 """Settings: every model-config.yaml loads into its typed settings, and a wrong key fails at load, naming it."""
+
 from pathlib import Path
 
 import pytest
 import yaml
+from render_model_config import deep_merge, render
+from served_models import served_models
 
 from handlers.common import SettingsError, load_settings
 from handlers.model_settings import ClipSettings, DepthSettings, PoseSettings, SamSettings, SdSettings
-from render_model_config import deep_merge, render
-from served_models import served_models
 from workflows.stages import PipelineSettings
 
 REPO = Path(__file__).resolve().parents[2]
-SETTINGS = {"clip": ClipSettings, "depth": DepthSettings, "pose": PoseSettings, "sam": SamSettings,
-            "sd": SdSettings, "pipeline": PipelineSettings}
+SETTINGS = {
+    "clip": ClipSettings,
+    "depth": DepthSettings,
+    "pose": PoseSettings,
+    "sam": SamSettings,
+    "sd": SdSettings,
+    "pipeline": PipelineSettings,
+}
 
 
 def handler_section(name: str, profile: str = "tiny") -> dict:

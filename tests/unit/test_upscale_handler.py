@@ -1,5 +1,6 @@
 """`upscale` in-process on the tiny x4 upscaler: 4x sizes, padding, tiling and blending, one call per
 shape, the same seed alone or batched, and a 4xx naming the field for every field."""
+
 import itertools
 
 import numpy as np
@@ -69,8 +70,15 @@ def test_requests_of_one_shape_share_one_pipeline_call(upscale):
 def test_the_same_seed_gives_the_same_image_alone_or_batched(upscale):
     alone = [pixels(body) for _, body in (run_batch(upscale, [req(seed=s, image_seed=s)])[0] for s in (7, 8))]
     tiled_alone = pixels(run_batch(upscale, [req(40, 32, seed=9, tile=32)])[0][1])
-    batched = run_batch(upscale, [req(seed=7, image_seed=7), req(40, 32, seed=9, tile=32), req(seed=8, image_seed=8),
-                                  req(seed=3, prompt="other")])
+    batched = run_batch(
+        upscale,
+        [
+            req(seed=7, image_seed=7),
+            req(40, 32, seed=9, tile=32),
+            req(seed=8, image_seed=8),
+            req(seed=3, prompt="other"),
+        ],
+    )
     assert [status for status, _ in batched] == [200] * 4
     assert np.array_equal(pixels(batched[0][1]), alone[0])
     assert np.array_equal(pixels(batched[2][1]), alone[1])
@@ -87,7 +95,7 @@ def test_tiles_cover_the_image_with_the_overlap():
     assert {(w, h) for _, _, w, h in boxes} == {(32, 32)}
     covered = np.zeros((40, 72), bool)
     for x, y, w, h in boxes:
-        covered[y:y + h, x:x + w] = True
+        covered[y : y + h, x : x + w] = True
     assert covered.all()
 
 
