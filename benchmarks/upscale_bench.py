@@ -14,6 +14,7 @@
 
 Figures, not a test: printed (and the command that made them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,10 @@ def bench_upscale(profile: str, steps: int, side: int, tiled_side: int, tile: in
     bl.ensure_weights(profile, ["upscale"])
     overrides = {"torch_threads": threads} if threads else {}
     handler = load(Upscaler, "upscale", profile, **overrides)
-    print(f"upscale ({profile} profile, {steps} steps, guidance {handler.settings.guidance_scale}, "
-          f"torch threads {threads or 'default'}):")
+    print(
+        f"upscale ({profile} profile, {steps} steps, guidance {handler.settings.guidance_scale}, "
+        f"torch threads {threads or 'default'}):"
+    )
     timed(handler, [{"image": png_b64(sample_image(16, 16)), "steps": 1, "seed": 0}])  # warm-up
     for width, tile_side in ((side, None), (tiled_side, tile)):
         body: dict[str, Any] = {"image": png_b64(sample_image(width, width, seed=1)), "steps": steps, "seed": 1}
@@ -62,8 +65,10 @@ def bench_upscale(profile: str, steps: int, side: int, tiled_side: int, tile: in
         tiles = len(tile_boxes((width, width), tile_side or handler.settings.tile, handler.settings.tile_overlap))
         seconds, _ = timed(handler, [body])
         megapixels = (SCALE * width) ** 2 / 1e6
-        print(f"  {width}x{width} -> {SCALE * width}x{SCALE * width} ({tiles} tile{'s' if tiles > 1 else ''}): "
-              f"{seconds:8.1f} s, {seconds / megapixels:8.1f} s per output megapixel")
+        print(
+            f"  {width}x{width} -> {SCALE * width}x{SCALE * width} ({tiles} tile{'s' if tiles > 1 else ''}): "
+            f"{seconds:8.1f} s, {seconds / megapixels:8.1f} s per output megapixel"
+        )
 
 
 def bench_interpolate(frames: int, steps: int, side: int, repeats: int) -> None:
@@ -73,8 +78,10 @@ def bench_interpolate(frames: int, steps: int, side: int, repeats: int) -> None:
     per_request = handler.settings.limits.max_prompts
     common = {"steps": steps, "width": side, "height": side}
     interpolate = [{"interpolate": {"seeds": [1, 2], "prompts": ["a cat", "a red car"], "frames": frames}, **common}]
-    plain = [{"prompt": [f"a cat {i}" for i in range(per_request)], "seed": 3 + r * per_request, **common}
-             for r in range(-(-frames // per_request))]
+    plain = [
+        {"prompt": [f"a cat {i}" for i in range(per_request)], "seed": 3 + r * per_request, **common}
+        for r in range(-(-frames // per_request))
+    ]
     images_plain = per_request * len(plain)
     timed(handler, interpolate), timed(handler, plain)  # warm-up
     best_interpolate = best_plain = float("inf")
@@ -84,8 +91,10 @@ def bench_interpolate(frames: int, steps: int, side: int, repeats: int) -> None:
     interpolate_fps, plain_fps = frames / best_interpolate, images_plain / best_plain
     print(f"interpolate vs plain generation (tiny sd, {side}x{side}, {steps} steps, best of {repeats}):")
     print(f"  interpolate, {frames} frames in one request: {best_interpolate:6.2f} s, {interpolate_fps:6.2f} frames/s")
-    print(f"  plain, {len(plain)} request(s) of {per_request} prompts ({images_plain} images) in one batch: "
-          f"{best_plain:6.2f} s, {plain_fps:6.2f} images/s")
+    print(
+        f"  plain, {len(plain)} request(s) of {per_request} prompts ({images_plain} images) in one batch: "
+        f"{best_plain:6.2f} s, {plain_fps:6.2f} images/s"
+    )
     print(f"  ratio interpolate / plain: {interpolate_fps / plain_fps:.2f}")
 
 

@@ -6,6 +6,7 @@ inference API, so interpreter traffic shares each model's batching queue and wor
 copy of any weights is loaded. Over REST and gRPC ``Predictions``; with ``"stream": true`` it sends
 ``{"stage", "result"}`` for the caption, each prior and the scored samples, then the response.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,7 @@ class Interpreter(BatchHandler):
 
     def load(self, context: Any) -> None:
         # the pipeline's caller: this server's inference API, or the models' URLs under KServe
-        self.call = pipeline_caller(self.settings)  # type: ignore[arg-type]  # reads only the addresses
+        self.call = pipeline_caller(self.settings)
         # one thread per request of a batch (TorchServe's batch size): each mostly waits on the models
         self.requests_pool = ThreadPoolExecutor(max_workers=int(context.system_properties["batch_size"]))
 
@@ -34,8 +35,9 @@ class Interpreter(BatchHandler):
         return parse_request(payload, self.settings)
 
     def infer(self, requests: list[InterpretRequest], batch: Batch) -> list[Result]:
-        futures = [self.requests_pool.submit(self._run, request, batch, position)
-                   for position, request in enumerate(requests)]
+        futures = [
+            self.requests_pool.submit(self._run, request, batch, position) for position, request in enumerate(requests)
+        ]
         return [future.result() for future in futures]
 
     def _run(self, request: InterpretRequest, batch: Batch, position: int) -> Result:

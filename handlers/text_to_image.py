@@ -39,6 +39,7 @@ Streaming: with ``"stream": true`` the request runs in a pipeline call of its ow
 ``{"request_id", "step", "steps"}`` after every denoising step (``steps`` counts the UNet passes
 the scheduler makes: PNDM makes ``steps + 1``), then the final result.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,7 +48,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, get_args
 
 import torch
@@ -89,8 +90,19 @@ from handlers.model_settings import ControlType, SdSettings
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler", "stream",
-          "control", "interpolate")
+FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "scheduler",
+    "stream",
+    "control",
+    "interpolate",
+)
 INTERPOLATE_FIELDS = ("seeds", "prompts", "frames")
 MIN_FRAMES = 2  # an interpolation has its two ends
 CONTROL_FIELDS = ("type", "image", "scale", "start", "end")
@@ -118,8 +130,8 @@ class TextToImage(BatchHandler):
     def load(self, context: Any) -> None:
         path = weights_dir(context)
         self.pipe = StableDiffusionPipeline.from_pretrained(
-            path, dtype=self.dtype, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False)
+            path, dtype=self.dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.vae.enable_slicing()  # one image per VAE decode: batch-invariant, and bounded memory
@@ -162,8 +174,12 @@ class TextToImage(BatchHandler):
         for control_type in self.settings.control.types:
             folder = path / "controlnet" / control_type
             if not (folder / "config.json").exists():
-                logger.warning("sd: no %s ControlNet in %s; requests with control type %r get a 400",
-                               control_type, folder, control_type)
+                logger.warning(
+                    "sd: no %s ControlNet in %s; requests with control type %r get a 400",
+                    control_type,
+                    folder,
+                    control_type,
+                )
                 continue
             net = ControlNetModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
             controlnets[control_type] = net
@@ -172,8 +188,13 @@ class TextToImage(BatchHandler):
 
     def _check_defaults(self) -> None:
         """A model-config.yaml whose defaults break its own limits fails at load, not per request."""
-        defaults = {"width": self.default_width, "height": self.default_height, "steps": self.default_steps,
-                    "guidance_scale": self.default_guidance, "scheduler": self.default_scheduler}
+        defaults = {
+            "width": self.default_width,
+            "height": self.default_height,
+            "steps": self.default_steps,
+            "guidance_scale": self.default_guidance,
+            "scheduler": self.default_scheduler,
+        }
         try:
             self._size(defaults)
             self._steps(defaults)
@@ -207,17 +228,31 @@ class TextToImage(BatchHandler):
         seeds = interpolation["seeds"] if interpolation else [(seed + i) % SEED_SPACE for i in range(len(prompts))]
         scheduler = self._scheduler(payload)
         stream = get_bool(payload, "stream", default=False)
-        return {"prompts": prompts, "negatives": negatives,
-                "seeds": seeds, "interpolation": interpolation,
-                "width": width, "height": height, "steps": steps, "guidance_scale": guidance,
-                "scheduler": scheduler, "stream": stream,
-                # the yaml's type order, so requests listing the same types in any order share a call
-                "controls": sorted(controls, key=lambda control: CONTROL_TYPES.index(control["type"]))}
+        return {
+            "prompts": prompts,
+            "negatives": negatives,
+            "seeds": seeds,
+            "interpolation": interpolation,
+            "width": width,
+            "height": height,
+            "steps": steps,
+            "guidance_scale": guidance,
+            "scheduler": scheduler,
+            "stream": stream,
+            # the yaml's type order, so requests listing the same types in any order share a call
+            "controls": sorted(controls, key=lambda control: CONTROL_TYPES.index(control["type"])),
+        }
 
     def _prompts(self, payload: dict[str, Any]) -> list[str]:
         limits = self.settings.limits
-        prompts = get_str_list(payload, "prompt", max_items=limits.max_prompts, max_len=limits.max_prompt_length,
-                               required=True, accept_single=True)
+        prompts = get_str_list(
+            payload,
+            "prompt",
+            max_items=limits.max_prompts,
+            max_len=limits.max_prompt_length,
+            required=True,
+            accept_single=True,
+        )
         assert prompts is not None  # required=True
         return prompts
 
@@ -231,10 +266,13 @@ class TextToImage(BatchHandler):
         if not isinstance(value, list):
             raise InputError("negative_prompt", f"must be a string or a list of strings, got {json_type(value)}")
         if len(value) != count:
-            raise InputError("negative_prompt", f"has {len(value)} items but prompt has {count}; "
-                                                "send one string for all, or one per prompt")
-        return [check_str(item, f"negative_prompt[{i}]", max_len=max_len, allow_empty=True)
-                for i, item in enumerate(value)]
+            raise InputError(
+                "negative_prompt",
+                f"has {len(value)} items but prompt has {count}; send one string for all, or one per prompt",
+            )
+        return [
+            check_str(item, f"negative_prompt[{i}]", max_len=max_len, allow_empty=True) for i, item in enumerate(value)
+        ]
 
     def _controls(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         """``control``: each entry checked field by field (``control[1].scale: ...``), in request order."""
@@ -243,8 +281,9 @@ class TextToImage(BatchHandler):
             return []
         limits = self.settings.limits
         if not isinstance(value, list):
-            raise InputError("control", f"must be a list of {{type, image, scale?, start?, end?}} objects, "
-                                        f"got {json_type(value)}")
+            raise InputError(
+                "control", f"must be a list of {{type, image, scale?, start?, end?}} objects, got {json_type(value)}"
+            )
         if not value:
             raise InputError("control", "must not be an empty list (leave it out for no control)")
         if len(value) > limits.max_controls:
@@ -263,26 +302,43 @@ class TextToImage(BatchHandler):
             return None
         for beside in ("seed", "prompt"):
             if payload.get(beside) is not None:
-                raise InputError(beside, f"cannot be given beside interpolate: interpolate.{beside}s names both "
-                                         "endpoints")
+                raise InputError(
+                    beside, f"cannot be given beside interpolate: interpolate.{beside}s names both endpoints"
+                )
         if not isinstance(value, dict):
             raise InputError("interpolate", f"must be an object {{seeds, prompts?, frames}}, got {json_type(value)}")
         for key in value:
             if key not in INTERPOLATE_FIELDS:
-                raise InputError(f"interpolate.{key}",
-                                 f"unknown field; interpolate has {', '.join(INTERPOLATE_FIELDS)}")
+                raise InputError(
+                    f"interpolate.{key}", f"unknown field; interpolate has {', '.join(INTERPOLATE_FIELDS)}"
+                )
         seeds = self._endpoints(value, "seeds", required=True)
-        seeds = [int(check_number(seed, f"interpolate.seeds[{i}]", integer=True, minimum=0, maximum=SEED_SPACE - 1))
-                 for i, seed in enumerate(seeds)]
+        seeds = [
+            int(check_number(seed, f"interpolate.seeds[{i}]", integer=True, minimum=0, maximum=SEED_SPACE - 1))
+            for i, seed in enumerate(seeds or [])
+        ]
         max_len = self.settings.limits.max_prompt_length
-        prompts = [check_str(prompt, f"interpolate.prompts[{i}]", max_len=max_len, allow_empty=True)
-                   for i, prompt in enumerate(self._endpoints(value, "prompts", required=False) or ["", ""])]
+        prompts = [
+            check_str(prompt, f"interpolate.prompts[{i}]", max_len=max_len, allow_empty=True)
+            for i, prompt in enumerate(self._endpoints(value, "prompts", required=False) or ["", ""])
+        ]
         if value.get("frames") is None:
             raise InputError("interpolate.frames", "is required")
-        frames = int(check_number(value["frames"], "interpolate.frames", integer=True, minimum=MIN_FRAMES,
-                                  maximum=self.settings.limits.max_frames))
-        return {"seeds": seeds, "prompts": prompts, "t": [i / (frames - 1) for i in range(frames)],
-                "frame_prompts": [prompts[0]] * frames}
+        frames = int(
+            check_number(
+                value["frames"],
+                "interpolate.frames",
+                integer=True,
+                minimum=MIN_FRAMES,
+                maximum=self.settings.limits.max_frames,
+            )
+        )
+        return {
+            "seeds": seeds,
+            "prompts": prompts,
+            "t": [i / (frames - 1) for i in range(frames)],
+            "frame_prompts": [prompts[0]] * frames,
+        }
 
     @staticmethod
     def _endpoints(value: dict[str, Any], key: str, required: bool) -> list[Any] | None:
@@ -293,8 +349,11 @@ class TextToImage(BatchHandler):
                 raise InputError(field, "is required")
             return None
         if not isinstance(pair, list) or len(pair) != 2:
-            raise InputError(field, f"must be a list of two (the start and the end), got {json_type(pair)}"
-                                    + (f" of {len(pair)}" if isinstance(pair, list) else ""))
+            raise InputError(
+                field,
+                f"must be a list of two (the start and the end), got {json_type(pair)}"
+                + (f" of {len(pair)}" if isinstance(pair, list) else ""),
+            )
         return pair
 
     def _control(self, entry: Any, field: str, earlier_types: list[str]) -> dict[str, Any]:
@@ -308,16 +367,19 @@ class TextToImage(BatchHandler):
             raise InputError(f"{field}.type", "is required")
         check_str(control_type, f"{field}.type", max_len=100)
         if control_type not in CONTROL_TYPES:
-            raise InputError(f"{field}.type", f"unknown control type {control_type!r}; choose one of "
-                                              f"{', '.join(CONTROL_TYPES)}")
+            raise InputError(
+                f"{field}.type", f"unknown control type {control_type!r}; choose one of {', '.join(CONTROL_TYPES)}"
+            )
         if control_type in earlier_types:
             first = earlier_types.index(control_type)
-            raise InputError(f"{field}.type",
-                             f"{control_type!r} is already control[{first}]; each type may appear once")
+            raise InputError(
+                f"{field}.type", f"{control_type!r} is already control[{first}]; each type may appear once"
+            )
         if control_type not in self.controlnets:
             installed = ", ".join(self.controlnets) or "none"
-            raise InputError(f"{field}.type", f"no {control_type} ControlNet is installed on this server "
-                                              f"(installed: {installed})")
+            raise InputError(
+                f"{field}.type", f"no {control_type} ControlNet is installed on this server (installed: {installed})"
+            )
         defaults, limits = self.settings.control, self.settings.limits
 
         def number(key: str, default: float, maximum: float) -> float:
@@ -357,8 +419,15 @@ class TextToImage(BatchHandler):
             if value is None:
                 sides[field] = default
                 continue
-            side = int(check_number(value, field, integer=True, minimum=self.settings.limits.min_side,
-                                    maximum=self.settings.limits.max_side))
+            side = int(
+                check_number(
+                    value,
+                    field,
+                    integer=True,
+                    minimum=self.settings.limits.min_side,
+                    maximum=self.settings.limits.max_side,
+                )
+            )
             if side % self.size_multiple:
                 raise InputError(field, f"must be a multiple of {self.size_multiple}, got {side}")
             sides[field] = side
@@ -371,8 +440,9 @@ class TextToImage(BatchHandler):
             raise LimitError(field, f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
         return width, height
 
-    def _fallback_size(self, payload: dict[str, Any], width: int, height: int,
-                       fallback: tuple[int, int]) -> tuple[int, int]:
+    def _fallback_size(
+        self, payload: dict[str, Any], width: int, height: int, fallback: tuple[int, int]
+    ) -> tuple[int, int]:
         given_width, given_height = payload.get("width") is not None, payload.get("height") is not None
         if given_width and given_height:
             return width, height
@@ -385,12 +455,20 @@ class TextToImage(BatchHandler):
         return self._legal_side(min(height / ratio, most / height)), height
 
     def _steps(self, payload: dict[str, Any]) -> int:
-        return int(get_int(payload, "steps", default=self.default_steps, minimum=1,
-                           maximum=self.settings.limits.max_steps))
+        return int(
+            get_int(payload, "steps", default=self.default_steps, minimum=1, maximum=self.settings.limits.max_steps)
+        )
 
     def _guidance(self, payload: dict[str, Any]) -> float:
-        return float(get_float(payload, "guidance_scale", default=self.default_guidance, minimum=0,
-                               maximum=self.settings.limits.max_guidance_scale))
+        return float(
+            get_float(
+                payload,
+                "guidance_scale",
+                default=self.default_guidance,
+                minimum=0,
+                maximum=self.settings.limits.max_guidance_scale,
+            )
+        )
 
     def _scheduler(self, payload: dict[str, Any]) -> str:
         name = get_str(payload, "scheduler", default=self.default_scheduler, max_len=100)
@@ -433,29 +511,44 @@ class TextToImage(BatchHandler):
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             step_times.append(time.perf_counter())
-            if streamed:
+            if streamed and batch is not None:
                 batch.send(0, {"request_id": batch.request_id(0), "step": step + 1, "steps": pipeline.num_timesteps})
             return {}
 
         streamed = batch is not None and first["stream"]
         started = time.perf_counter()
         with self._unet_per_image(len(prompts)), self._controlnets_per_image(len(prompts), controlnets):
-            images = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-                          width=first["width"], height=first["height"], num_inference_steps=first["steps"],
-                          guidance_scale=first["guidance_scale"], generator=generators, latents=latents,
-                          output_type="pil", callback_on_step_end=on_step_end, **control_arguments(group)).images
+            images = pipe(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                width=first["width"],
+                height=first["height"],
+                num_inference_steps=first["steps"],
+                guidance_scale=first["guidance_scale"],
+                generator=generators,
+                latents=latents,
+                output_type="pil",
+                callback_on_step_end=on_step_end,
+                **control_arguments(group),
+            ).images
         self.pipeline_calls += 1
         if step_times:
-            self.add_metric("DenoisingStepsPerSecond", len(step_times) / max(step_times[-1] - started, 1e-9),
-                            unit="StepsPerSecond")
+            self.add_metric(
+                "DenoisingStepsPerSecond", len(step_times) / max(step_times[-1] - started, 1e-9), unit="StepsPerSecond"
+            )
         self.add_metric("ImagesGenerated", len(images))
 
         results: list[Result] = []
         offset = 0
         for request in group:
             count = len(request["prompts"])
-            results.append({"images": [encode_png(image) for image in images[offset:offset + count]],
-                            "seeds": request["seeds"], "model": self.model_name})
+            results.append(
+                {
+                    "images": [encode_png(image) for image in images[offset : offset + count]],
+                    "seeds": request["seeds"],
+                    "model": self.model_name,
+                }
+            )
             offset += count
         return results
 
@@ -468,8 +561,9 @@ class TextToImage(BatchHandler):
         return torch.cat([found[text] for text in texts])
 
     # --- interpolation (inputs) ------------------------------------------------------------------
-    def group_inputs(self, group: list[dict[str, Any]]) -> tuple[torch.Tensor, list[torch.Generator],
-                                                                    torch.Tensor | None]:
+    def group_inputs(
+        self, group: list[dict[str, Any]]
+    ) -> tuple[torch.Tensor, list[torch.Generator], torch.Tensor | None]:
         """Per image of a group: prompt embeddings, a CPU generator and, when any request interpolates,
         initial latents (None otherwise: the pipeline draws them). A plain image's latents are then
         drawn from its generator exactly as diffusers' ``prepare_latents`` draws them, so the
@@ -480,8 +574,12 @@ class TextToImage(BatchHandler):
             seeds = [s for request in group for s in request["seeds"]]
             return self.encode(prompts), [torch.Generator("cpu").manual_seed(seed) for seed in seeds], None
         first = group[0]
-        shape = (1, self.pipe.unet.config.in_channels, first["height"] // self.pipe.vae_scale_factor,
-                 first["width"] // self.pipe.vae_scale_factor)
+        shape = (
+            1,
+            self.pipe.unet.config.in_channels,
+            first["height"] // self.pipe.vae_scale_factor,
+            first["width"] // self.pipe.vae_scale_factor,
+        )
         embeds, generators, latents = [], [], []
         for request in group:
             if request["interpolation"]:
@@ -499,8 +597,9 @@ class TextToImage(BatchHandler):
         """One image's initial noise as diffusers' ``randn_tensor`` draws it for a list of generators."""
         return torch.randn(shape, generator=generator, device=generator.device, dtype=self.dtype)
 
-    def interpolation_inputs(self, request: dict[str, Any], shape: tuple[int, ...]) -> tuple[
-            torch.Tensor, list[torch.Generator], list[torch.Tensor]]:
+    def interpolation_inputs(
+        self, request: dict[str, Any], shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Generator], list[torch.Tensor]]:
         """An interpolating request's frames: embeddings lerped, initial latents slerped, and each frame's
         generator its nearer endpoint's, advanced past the latents draw as the plain generation's is."""
         interpolation = request["interpolation"]
@@ -516,13 +615,14 @@ class TextToImage(BatchHandler):
             generators.append(generator)
         return torch.cat(embeds), generators, latents
 
-    def pipeline(self, scheduler: str, control_types: list[str] = ()) -> StableDiffusionPipeline:
+    def pipeline(self, scheduler: str, control_types: Sequence[str] = ()) -> StableDiffusionPipeline:
         """A pipeline object for one call: the shared models, a scheduler of its own, and the ControlNets
         of ``control_types`` (a ``StableDiffusionControlNetPipeline`` over the same UNet, VAE and text
         encoder: no weights are copied)."""
         cls, options = SCHEDULERS[scheduler]
         base = self.pipe.scheduler
-        fresh = (cls or type(base)).from_config(base.config, **options)
+        scheduler_class: Any = cls or type(base)
+        fresh = scheduler_class.from_config(base.config, **options)
         components = {**self.pipe.components, "scheduler": fresh}
         if control_types:
             nets = [self.controlnets[control_type] for control_type in control_types]
@@ -551,8 +651,9 @@ class TextToImage(BatchHandler):
         """The UNet on each image's rows (its unconditional and conditional halves) separately; a
         ControlNet's residuals (``down_block_additional_residuals``, ``mid_block_additional_residual``)
         are split with them (:func:`forward_per_image`)."""
-        return forward_per_image(self._unet_forward, images, UNet2DConditionOutput, *args, return_dict=return_dict,
-                                 **kwargs)
+        return forward_per_image(
+            self._unet_forward, images, UNet2DConditionOutput, *args, return_dict=return_dict, **kwargs
+        )
 
     @contextlib.contextmanager
     def _controlnets_per_image(self, images: int, controlnets: list[ControlNetModel]) -> Iterator[None]:
@@ -596,15 +697,23 @@ def control_arguments(group: list[dict[str, Any]]) -> dict[str, Any]:
     per_image = [[control["image"] for control in request["controls"]] for request in group for _ in request["prompts"]]
     if len(controls) == 1:
         [control] = controls
-        return {"image": [images[0] for images in per_image], "controlnet_conditioning_scale": control["scale"],
-                "control_guidance_start": control["start"], "control_guidance_end": control["end"]}
-    return {"image": per_image, "controlnet_conditioning_scale": [control["scale"] for control in controls],
-            "control_guidance_start": [control["start"] for control in controls],
-            "control_guidance_end": [control["end"] for control in controls]}
+        return {
+            "image": [images[0] for images in per_image],
+            "controlnet_conditioning_scale": control["scale"],
+            "control_guidance_start": control["start"],
+            "control_guidance_end": control["end"],
+        }
+    return {
+        "image": per_image,
+        "controlnet_conditioning_scale": [control["scale"] for control in controls],
+        "control_guidance_start": [control["start"] for control in controls],
+        "control_guidance_end": [control["end"] for control in controls],
+    }
 
 
-def forward_per_image(forward: Callable[..., Any], images: int, output_class: type, *args: Any,
-                      return_dict: bool = True, **kwargs: Any) -> Any:
+def forward_per_image(
+    forward: Callable[..., Any], images: int, output_class: type, *args: Any, return_dict: bool = True, **kwargs: Any
+) -> Any:
     """``forward`` (a UNet's or a ControlNet's) on each image's rows separately, the outputs put back in place.
 
     The pipeline stacks a call's rows as ``[uncond_1..uncond_N, cond_1..cond_N]``; image i's forward
@@ -643,16 +752,23 @@ def plan_groups(requests: list[dict[str, Any]]) -> list[list[int]]:
     shared: dict[tuple, list[int]] = {}
     for i, request in enumerate(requests):
         if not request["stream"]:
-            key = (request["width"], request["height"], request["steps"], request["guidance_scale"],
-                   request["scheduler"], control_key(request))
+            key = (
+                request["width"],
+                request["height"],
+                request["steps"],
+                request["guidance_scale"],
+                request["scheduler"],
+                control_key(request),
+            )
             shared.setdefault(key, []).append(i)
     return streamed + list(shared.values())
 
 
 def control_key(request: dict[str, Any]) -> tuple:
     """What diffusers takes once per call: the control types and each one's scale, start and end."""
-    return tuple((control["type"], control["scale"], control["start"], control["end"])
-                 for control in request["controls"])
+    return tuple(
+        (control["type"], control["scale"], control["start"], control["end"]) for control in request["controls"]
+    )
 
 
 def _rows(value: Any, index: list[int], rows: int) -> Any:
@@ -660,8 +776,11 @@ def _rows(value: Any, index: list[int], rows: int) -> Any:
     list of such tensors), else as is."""
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
         return value[index]
-    if isinstance(value, (tuple, list)) and value and all(
-            isinstance(item, torch.Tensor) and item.dim() > 0 and item.shape[0] == rows for item in value):
+    if (
+        isinstance(value, (tuple, list))
+        and value
+        and all(isinstance(item, torch.Tensor) and item.dim() > 0 and item.shape[0] == rows for item in value)
+    ):
         return type(value)(item[index] for item in value)
     return value
 

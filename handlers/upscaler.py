@@ -23,6 +23,7 @@ the VAE decodes one tile at a time; with ``exact_seeds`` (the default on CPU) th
 each tile's guidance pair as its own forward (as ``sd`` does), so a seed gives the bit-identical
 image alone or batched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,20 +82,28 @@ class Upscaler(BatchHandler):
         self._check_settings(int(self.pipe.config.max_noise_level))
         self._unet_forward = self.pipe.unet.forward
         self.exact_seeds = self.settings.exact_seeds is True or (
-            self.settings.exact_seeds == "auto" and self.device.type != "cuda")
+            self.settings.exact_seeds == "auto" and self.device.type != "cuda"
+        )
         self.pipeline_calls = 0  # observable in tests: one per group of same-shaped tiles
 
     def _check_settings(self, pipeline_max_noise: int) -> None:
         """Settings that do not fit these weights fail at load, naming the key, not per request."""
         settings, limits = self.settings, self.settings.limits
         if limits.max_noise_level > pipeline_max_noise:
-            raise RuntimeError(f"model-config.yaml: handler.limits.max_noise_level {limits.max_noise_level} is over "
-                               f"the pipeline's max_noise_level {pipeline_max_noise}")
-        for key, value in (("tile", settings.tile), ("limits.min_tile", limits.min_tile),
-                           ("limits.max_tile", limits.max_tile)):
+            raise RuntimeError(
+                f"model-config.yaml: handler.limits.max_noise_level {limits.max_noise_level} is over "
+                f"the pipeline's max_noise_level {pipeline_max_noise}"
+            )
+        for key, value in (
+            ("tile", settings.tile),
+            ("limits.min_tile", limits.min_tile),
+            ("limits.max_tile", limits.max_tile),
+        ):
             if value % self.size_multiple:
-                raise RuntimeError(f"model-config.yaml: handler.{key} {value} is not a multiple of "
-                                   f"{self.size_multiple} (the UNet's and VAE's size multiple)")
+                raise RuntimeError(
+                    f"model-config.yaml: handler.{key} {value} is not a multiple of "
+                    f"{self.size_multiple} (the UNet's and VAE's size multiple)"
+                )
 
     # --- request parsing -------------------------------------------------------------------------
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -103,23 +112,36 @@ class Upscaler(BatchHandler):
         image = decode_image(require(payload, "image"), limits)
         width, height = image.size
         if SCALE * width * SCALE * height > limits.max_output_pixels:
-            raise LimitError("image", f"is {width}x{height}: the {SCALE}x output would be {SCALE * width}x"
-                                      f"{SCALE * height} = {SCALE * width * SCALE * height} pixels; the limit is "
-                                      f"{limits.max_output_pixels}", code=413)
+            raise LimitError(
+                "image",
+                f"is {width}x{height}: the {SCALE}x output would be {SCALE * width}x"
+                f"{SCALE * height} = {SCALE * width * SCALE * height} pixels; the limit is "
+                f"{limits.max_output_pixels}",
+                code=413,
+            )
         prompt = get_str(payload, "prompt", default=settings.prompt, max_len=limits.max_prompt_length, allow_empty=True)
         steps = get_int(payload, "steps", default=settings.steps, minimum=1, maximum=limits.max_steps)
-        guidance = get_float(payload, "guidance_scale", default=settings.guidance_scale, minimum=0,
-                             maximum=limits.max_guidance_scale)
-        noise_level = get_int(payload, "noise_level", default=settings.noise_level, minimum=0,
-                              maximum=limits.max_noise_level)
+        guidance = get_float(
+            payload, "guidance_scale", default=settings.guidance_scale, minimum=0, maximum=limits.max_guidance_scale
+        )
+        noise_level = get_int(
+            payload, "noise_level", default=settings.noise_level, minimum=0, maximum=limits.max_noise_level
+        )
         seed = get_int(payload, "seed", minimum=0, maximum=SEED_SPACE - 1)
         if seed is None:
             seed = secrets.randbelow(SEED_SPACE)
         tile = self._tile(payload)
         padded = pad_to_multiple(image, self.size_multiple)
-        return {"image": padded, "size": (width, height), "prompt": prompt, "steps": steps,
-                "guidance_scale": float(guidance), "noise_level": noise_level, "seed": seed,
-                "tiles": tile_boxes(padded.size, tile, settings.tile_overlap)}
+        return {
+            "image": padded,
+            "size": (width, height),
+            "prompt": prompt,
+            "steps": steps,
+            "guidance_scale": float(guidance),
+            "noise_level": noise_level,
+            "seed": seed,
+            "tiles": tile_boxes(padded.size, tile, settings.tile_overlap),
+        }
 
     def _tile(self, payload: dict[str, Any]) -> int:
         limits = self.settings.limits
@@ -146,9 +168,10 @@ class Upscaler(BatchHandler):
             pieces = [outputs[(r, j)] for j in range(len(request["tiles"]))]
             image = blend_tiles(pieces, request["tiles"], request["image"].size, self.settings.tile_overlap)
             width, height = request["size"]
-            image = image[:SCALE * height, :SCALE * width]  # the edge padding off
-            results.append({"image": encode_png(to_uint8(image)), "seed": request["seed"],
-                            "model": self.settings.model_name})
+            image = image[: SCALE * height, : SCALE * width]  # the edge padding off
+            results.append(
+                {"image": encode_png(to_uint8(image)), "seed": request["seed"], "model": self.settings.model_name}
+            )
         self.add_metric("ImagesUpscaled", len(requests))
         return results
 
@@ -166,9 +189,15 @@ class Upscaler(BatchHandler):
         prompt_embeds, negative_embeds = self.encode(prompts, guided)
         with self._unet_per_image(len(group)):
             images = self.pipeline()(
-                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, image=crops,
-                num_inference_steps=first["steps"], guidance_scale=first["guidance_scale"],
-                noise_level=first["noise_level"], generator=generators, output_type="np").images
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                image=crops,
+                num_inference_steps=first["steps"],
+                guidance_scale=first["guidance_scale"],
+                noise_level=first["noise_level"],
+                generator=generators,
+                output_type="np",
+            ).images
         self.pipeline_calls += 1
         return list(images)
 
@@ -177,10 +206,12 @@ class Upscaler(BatchHandler):
         found: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for prompt in prompts:
             if prompt not in found:
-                found[prompt] = self.pipe.encode_prompt(prompt, self.device, 1, guided,
-                                                        negative_prompt=self.settings.negative_prompt)
+                found[prompt] = self.pipe.encode_prompt(
+                    prompt, self.device, 1, guided, negative_prompt=self.settings.negative_prompt
+                )
         positive = torch.cat([found[prompt][0] for prompt in prompts])
-        negative = torch.cat([found[prompt][1] for prompt in prompts]) if guided else None
+        # with guidance encode_prompt gives a negative embedding for every prompt
+        negative = torch.cat([found[prompt][1] for prompt in prompts]) if guided else None  # type: ignore[misc]
         return positive, negative
 
     def pipeline(self) -> StableDiffusionUpscalePipeline:
@@ -234,8 +265,9 @@ def tile_boxes(size: tuple[int, int], tile: int, overlap: int) -> list[tuple[int
     return [(x, y, tile_w, tile_h) for y in rows for x in columns]
 
 
-def plan_tile_groups(requests: list[dict[str, Any]], tiles: list[tuple[int, int]],
-                     max_per_call: int) -> list[list[tuple[int, int]]]:
+def plan_tile_groups(
+    requests: list[dict[str, Any]], tiles: list[tuple[int, int]], max_per_call: int
+) -> list[list[tuple[int, int]]]:
     """(request, tile) keys of the tiles that share one pipeline call, at most ``max_per_call`` each."""
     groups: dict[tuple, list[tuple[int, int]]] = {}
     for r, j in tiles:
@@ -243,7 +275,7 @@ def plan_tile_groups(requests: list[dict[str, Any]], tiles: list[tuple[int, int]
         _, _, w, h = request["tiles"][j]
         key = (w, h, request["steps"], request["guidance_scale"], request["noise_level"])
         groups.setdefault(key, []).append((r, j))
-    return [group[i:i + max_per_call] for group in groups.values() for i in range(0, len(group), max_per_call)]
+    return [group[i : i + max_per_call] for group in groups.values() for i in range(0, len(group), max_per_call)]
 
 
 def _ramp(length: int, before: bool, after: bool, ramp: int) -> np.ndarray:
@@ -254,12 +286,13 @@ def _ramp(length: int, before: bool, after: bool, ramp: int) -> np.ndarray:
     if before:
         weights[:ramp] = np.minimum(weights[:ramp], rising)
     if after:
-        weights[length - ramp:] = np.minimum(weights[length - ramp:], rising[::-1])
+        weights[length - ramp :] = np.minimum(weights[length - ramp :], rising[::-1])
     return weights
 
 
-def blend_tiles(pieces: list[np.ndarray], boxes: list[tuple[int, int, int, int]], size: tuple[int, int],
-                overlap: int) -> np.ndarray:
+def blend_tiles(
+    pieces: list[np.ndarray], boxes: list[tuple[int, int, int, int]], size: tuple[int, int], overlap: int
+) -> np.ndarray:
     """The upscaled tiles (float HxWx3 at 4x their boxes) as one image 4x ``size``, weighted across overlaps."""
     if len(pieces) == 1:
         return pieces[0]
@@ -272,8 +305,8 @@ def blend_tiles(pieces: list[np.ndarray], boxes: list[tuple[int, int, int, int]]
         along_y = _ramp(SCALE * h, y > 0, y + h < height, ramp)
         tile_weight = np.outer(along_y, along_x)[..., None]
         top, left = SCALE * y, SCALE * x
-        total[top:top + SCALE * h, left:left + SCALE * w] += piece * tile_weight
-        weight[top:top + SCALE * h, left:left + SCALE * w] += tile_weight
+        total[top : top + SCALE * h, left : left + SCALE * w] += piece * tile_weight
+        weight[top : top + SCALE * h, left : left + SCALE * w] += tile_weight
     return (total / weight).astype(np.float32)
 
 

@@ -1,4 +1,5 @@
 """``python -m studio serve|export DIR|url [--config studio/studio.yaml]`` (scripts/studio.sh runs these)."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=3)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=3
+    )
     return 0
 
 

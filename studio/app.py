@@ -6,6 +6,7 @@ same browser could reach it: a request whose Host is not the studio's own (DNS r
 and so is a state-changing request whose Origin is another site's. The TorchServe token stays in this
 process (the client reads key_file.json); no page, JSON answer or event carries it.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,10 +65,20 @@ def create_app(settings: StudioSettings) -> FastAPI:
         if run_id and run is None:
             raise StudioError(404, f"run: no run {run_id} (it may have been deleted)", kind="NotFound")
         healthy, health_message = studio.health()
-        return templates.TemplateResponse(request, "index.html", {
-            "run": run, "runs": studio.store.runs(), "priors": PRIORS, "interpret": studio.interpret,
-            "healthy": healthy, "health_message": health_message, "progress": studio.progress(run_id) if run_id else [],
-            "limits": settings.limits})
+        return templates.TemplateResponse(
+            request,
+            "index.html",
+            {
+                "run": run,
+                "runs": studio.store.runs(),
+                "priors": PRIORS,
+                "interpret": studio.interpret,
+                "healthy": healthy,
+                "health_message": health_message,
+                "progress": studio.progress(run_id) if run_id else [],
+                "limits": settings.limits,
+            },
+        )
 
     # --- pages and fragments -----------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
@@ -92,8 +103,9 @@ def create_app(settings: StudioSettings) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> Response:
         healthy, message = studio.health()
-        return JSONResponse({"status": "ok" if healthy else "unavailable", "message": message},
-                            status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", "message": message}, status_code=200 if healthy else 503
+        )
 
     # --- pictures ------------------------------------------------------------------------------
     @app.get("/images/{sha256}")
@@ -118,8 +130,12 @@ def create_app(settings: StudioSettings) -> FastAPI:
         limit = settings.limits.max_upload_bytes
         declared = int(request.headers.get("content-length") or 0)
         if declared > limit * 2:  # refuse a huge body from its header, before reading it
-            raise StudioError(413, f"image: the upload is {declared} bytes; the largest picture the studio takes "
-                                   f"is {limit} bytes (limits.max_upload_bytes)", kind="LimitError")
+            raise StudioError(
+                413,
+                f"image: the upload is {declared} bytes; the largest picture the studio takes "
+                f"is {limit} bytes (limits.max_upload_bytes)",
+                kind="LimitError",
+            )
         data = await image.read(limit + 1)
         draft = studio.draft_from_upload(data, image.filename)
         return _draft(draft)
@@ -206,8 +222,15 @@ def create_app(settings: StudioSettings) -> FastAPI:
 
 
 def _draft(draft: Any) -> dict[str, Any]:
-    return {"draft_id": draft.id, "source_url": f"/drafts/{draft.id}/source", "kind": draft.kind,
-            "prompt": draft.prompt, "model": draft.model, "width": draft.source.width, "height": draft.source.height}
+    return {
+        "draft_id": draft.id,
+        "source_url": f"/drafts/{draft.id}/source",
+        "kind": draft.kind,
+        "prompt": draft.prompt,
+        "model": draft.model,
+        "width": draft.source.width,
+        "height": draft.source.height,
+    }
 
 
 def _brief(details: dict[str, Any]) -> dict[str, Any]:

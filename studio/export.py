@@ -9,6 +9,7 @@ The export id is the sha256 of the dataset's contents: of the sorted lines ``<fi
 its bytes>`` for every file, metadata.jsonl included. The same choices give the same id (no time
 stamp is inside the dataset); DIR/export.json records it beside the list of files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,18 +47,35 @@ def export_dataset(store: Store, out: Path) -> dict[str, Any]:
         source = store.image_path(choice["image_sha256"], choice["ext"])
         shutil.copyfile(source, out / name)
         files[name] = choice["image_sha256"]
-        rows.append({"file_name": name, "text": choice["caption"], "rating": choice["rating"],
-                     "chosen_by": choice["chosen_by"], "run_id": choice["run_id"], "sample_index": choice["idx"],
-                     "seed": choice["seed"], "priors": json.loads(choice["priors"]), "rank": choice["rank"],
-                     "score_caption": choice["score_caption"], "score_source": choice["score_source"],
-                     "sd_model": choice["sd_model"], "caption_edited": bool(choice["caption_edited"])})
+        rows.append(
+            {
+                "file_name": name,
+                "text": choice["caption"],
+                "rating": choice["rating"],
+                "chosen_by": choice["chosen_by"],
+                "run_id": choice["run_id"],
+                "sample_index": choice["idx"],
+                "seed": choice["seed"],
+                "priors": json.loads(choice["priors"]),
+                "rank": choice["rank"],
+                "score_caption": choice["score_caption"],
+                "score_source": choice["score_source"],
+                "sd_model": choice["sd_model"],
+                "caption_edited": bool(choice["caption_edited"]),
+            }
+        )
     metadata = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode()
     (out / METADATA).write_bytes(metadata)
     files[METADATA] = hashlib.sha256(metadata).hexdigest()
-    manifest = {"export_id": export_id(files), "rows": len(rows), "format": "imagefolder",
-                "id_rule": "sha256 of the sorted lines '<file name> <sha256 of its bytes>' of every file",
-                "files": dict(sorted(files.items())), "database": str(store.db_path),
-                "exported_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    manifest = {
+        "export_id": export_id(files),
+        "rows": len(rows),
+        "format": "imagefolder",
+        "id_rule": "sha256 of the sorted lines '<file name> <sha256 of its bytes>' of every file",
+        "files": dict(sorted(files.items())),
+        "database": str(store.db_path),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -77,7 +95,8 @@ def _clear(out: Path) -> None:
             raise ExportError(f"{manifest}: is not a studio export's manifest; choose another folder") from None
     others = sorted(path.name for path in out.iterdir() if path.name not in listed)
     if others:
-        raise ExportError(f"{out}: holds files that are not a studio export ({', '.join(others[:5])}); "
-                          "choose an empty or new folder")
+        raise ExportError(
+            f"{out}: holds files that are not a studio export ({', '.join(others[:5])}); choose an empty or new folder"
+        )
     for name in listed:
         (out / name).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ and each prior appears on the page as soon as its model answers. The same pictur
 ``prior_images``, so interpret does not compute them again and the samples come from exactly what the
 person saw.
 """
+
 from __future__ import annotations
 
 import base64
@@ -110,8 +111,9 @@ class Studio:
         timeout = timeout or self.settings.torchserve.call_timeout_s
         clients = self._local.__dict__.setdefault("clients", {})
         if timeout not in clients:
-            clients[timeout] = Client(self.inference_url, self.management_url, key_file=self.settings.key_file(),
-                                      timeout=timeout)
+            clients[timeout] = Client(
+                self.inference_url, self.management_url, key_file=self.settings.key_file(), timeout=timeout
+            )
         return clients[timeout]
 
     def health(self) -> tuple[bool, str]:
@@ -126,8 +128,10 @@ class Studio:
     def unreachable(self, exc: Exception) -> str:
         if isinstance(exc, ApiError):
             return f"TorchServe at {self.inference_url} refused the call: {exc}"
-        return (f"TorchServe is not reachable at {self.inference_url} ({type(exc).__name__}); "
-                "start it with scripts/serve.sh, then try again")
+        return (
+            f"TorchServe is not reachable at {self.inference_url} ({type(exc).__name__}); "
+            "start it with scripts/serve.sh, then try again"
+        )
 
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """A client call; a model's refusal keeps its status and message, TorchServe down is a 503."""
@@ -144,8 +148,12 @@ class Studio:
     def checked_image(self, data: bytes, field_name: str = "image") -> StoredImage:
         limit = self.settings.limits.max_upload_bytes
         if len(data) > limit:
-            raise StudioError(413, f"{field_name}: is {len(data)} bytes; the largest picture the studio takes is "
-                                   f"{limit} bytes (limits.max_upload_bytes)", kind="LimitError")
+            raise StudioError(
+                413,
+                f"{field_name}: is {len(data)} bytes; the largest picture the studio takes is "
+                f"{limit} bytes (limits.max_upload_bytes)",
+                kind="LimitError",
+            )
         if not data:
             raise StudioError(400, f"{field_name}: is empty; choose a picture file")
         try:
@@ -156,9 +164,12 @@ class Studio:
         limits = self.interpret.limits
         too_big = max(image.width, image.height) > limits.max_image_side
         if too_big or image.width * image.height > limits.max_image_pixels:
-            raise StudioError(413, f"{field_name}: is {image.width}x{image.height}; the longest side may be at most "
-                                   f"{limits.max_image_side} and the pixels at most {limits.max_image_pixels}",
-                              kind="LimitError")
+            raise StudioError(
+                413,
+                f"{field_name}: is {image.width}x{image.height}; the longest side may be at most "
+                f"{limits.max_image_side} and the pixels at most {limits.max_image_pixels}",
+                kind="LimitError",
+            )
         return image
 
     def new_draft(self, source: StoredImage, kind: str, **about: Any) -> Draft:
@@ -184,8 +195,12 @@ class Studio:
         with self._drafts_lock:
             draft = self._drafts.get(draft_id)
         if draft is None:
-            raise StudioError(404, "draft: this picture is no longer held (the studio restarted, or many pictures "
-                                   "were uploaded since); upload it again", kind="NotFound")
+            raise StudioError(
+                404,
+                "draft: this picture is no longer held (the studio restarted, or many pictures "
+                "were uploaded since); upload it again",
+                kind="NotFound",
+            )
         return draft
 
     def draft_caption(self, draft_id: str) -> Draft:
@@ -210,12 +225,18 @@ class Studio:
             return Prior(self._canny(draft.source), {})
         answer = self._call(prior, prior, base64.b64encode(draft.source.data).decode())
         if "control_image" not in answer:
-            raise StudioError(502, f"{prior}: the server's {prior} model answers without control_image "
-                                   "; update the model archive", kind="ModelError")
+            raise StudioError(
+                502,
+                f"{prior}: the server's {prior} model answers without control_image ; update the model archive",
+                kind="ModelError",
+            )
         image = image_info(base64.b64decode(answer["control_image"]))
         # keep what describes the prior, not its other pictures (depth's 16-bit map, colormap, overlay)
-        details = {key: value for key, value in answer.items()
-                   if key not in ("request_id", "control_image", "depth", "colormap", "overlay")}
+        details = {
+            key: value
+            for key, value in answer.items()
+            if key not in ("request_id", "control_image", "depth", "colormap", "overlay")
+        }
         return Prior(image, details)
 
     def _canny(self, source: StoredImage) -> StoredImage:
@@ -227,8 +248,11 @@ class Studio:
         try:
             from handlers.common.edges import canny_edges  # imports torch with handlers.common: warmed at start
         except ImportError as exc:
-            raise StudioError(501, f"canny: the project's canny helper is not installed ({exc}); "
-                                   "interpret will compute the edges", kind="Unavailable") from None
+            raise StudioError(
+                501,
+                f"canny: the project's canny helper is not installed ({exc}); interpret will compute the edges",
+                kind="Unavailable",
+            ) from None
         thresholds = self.interpret.canny
         with Image.open(io.BytesIO(source.data)) as picture:
             edges = canny_edges(picture.convert("RGB"), thresholds.low_threshold, thresholds.high_threshold)
@@ -246,19 +270,33 @@ class Studio:
         with self._runs_lock:
             active = [run for run in self._runs.values() if not run.done]
             if len(active) >= self.settings.limits.max_active_runs:
-                raise StudioError(429, f"interpret: {len(active)} runs are in progress (limits.max_active_runs); "
-                                       "wait for one to finish", kind="LimitError")
-            priors = {name: (prior.image, prior.details) for name, prior in draft.priors.items()
-                      if name in request["priors"]}
+                raise StudioError(
+                    429,
+                    f"interpret: {len(active)} runs are in progress (limits.max_active_runs); wait for one to finish",
+                    kind="LimitError",
+                )
+            priors = {
+                name: (prior.image, prior.details) for name, prior in draft.priors.items() if name in request["priors"]
+            }
             settings = {key: value for key, value in request.items() if key not in ("image", "caption", "prior_images")}
             run_id = self.store.create_run(
-                started_by=started_by, source=draft.source, source_kind=draft.kind, source_name=draft.name,
-                source_prompt=draft.prompt, source_model=draft.model, proposed_caption=draft.caption,
-                caption=caption, caption_edited=caption is not None, settings=settings, priors=priors)
+                started_by=started_by,
+                source=draft.source,
+                source_kind=draft.kind,
+                source_name=draft.name,
+                source_prompt=draft.prompt,
+                source_model=draft.model,
+                proposed_caption=draft.caption,
+                caption=caption,
+                caption_edited=caption is not None,
+                settings=settings,
+                priors=priors,
+            )
             run = ActiveRun(run_id, time.monotonic())
             self._runs[run_id] = run
-        threading.Thread(target=self._interpret, args=(run, request), name=f"interpret-{run_id[:8]}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._interpret, args=(run, request), name=f"interpret-{run_id[:8]}", daemon=True
+        ).start()
         return run_id
 
     def _interpret_request(self, form: dict[str, Any], draft: Draft) -> dict[str, Any]:
@@ -275,8 +313,12 @@ class Studio:
         if mode not in ("each", "combined"):
             raise StudioError(400, f"mode: must be 'each' or 'combined', got {mode!r}")
         samples = _integer(form, "samples", 1, limits.max_samples, required=True)
-        request: dict[str, Any] = {"image": base64.b64encode(draft.source.data).decode(), "priors": priors,
-                                   "mode": mode, "samples": samples}
+        request: dict[str, Any] = {
+            "image": base64.b64encode(draft.source.data).decode(),
+            "priors": priors,
+            "mode": mode,
+            "samples": samples,
+        }
         seed = _integer(form, "seed", 0, 2**32 - 1)
         if seed is not None:
             request["seed"] = seed
@@ -306,13 +348,17 @@ class Studio:
             raise StudioError(400, "caption: must be text")
         caption = (caption or "").strip()
         if len(caption) > limits.max_caption_length:
-            raise StudioError(400, f"caption: is {len(caption)} characters; at most {limits.max_caption_length} "
-                                   "(interpret's limits.max_caption_length)")
+            raise StudioError(
+                400,
+                f"caption: is {len(caption)} characters; at most {limits.max_caption_length} "
+                "(interpret's limits.max_caption_length)",
+            )
         # the caption is sent only when the person changed what the caption model proposed
         if caption and caption != (draft.caption or ""):
             request["caption"] = caption
-        shown = {name: base64.b64encode(draft.priors[name].image.data).decode() for name in priors
-                 if name in draft.priors}
+        shown = {
+            name: base64.b64encode(draft.priors[name].image.data).decode() for name in priors if name in draft.priors
+        }
         if shown:
             request["prior_images"] = shown
         return request
@@ -322,8 +368,14 @@ class Studio:
         timeouts = self.settings.torchserve
         try:
             client = self.client()
-            response = client.request("inference", "POST", "/predictions/interpret", json={**request, "stream": True},
-                                      stream=True, timeout=(timeouts.health_timeout_s, timeouts.stream_idle_timeout_s))
+            response = client.request(
+                "inference",
+                "POST",
+                "/predictions/interpret",
+                json={**request, "stream": True},
+                stream=True,
+                timeout=(timeouts.health_timeout_s, timeouts.stream_idle_timeout_s),
+            )
             run.response = response
             if run.cancelled:
                 return
@@ -342,8 +394,9 @@ class Studio:
                     elif isinstance(event, dict) and "samples" in event:
                         final = event
                     elif isinstance(event, dict) and "message" in event:
-                        raise StudioError(int(event.get("code") or 502), f"interpret: {event['message']}",
-                                          kind="ModelError")
+                        raise StudioError(
+                            int(event.get("code") or 502), f"interpret: {event['message']}", kind="ModelError"
+                        )
             if run.cancelled:
                 return
             if final is None:
@@ -366,15 +419,26 @@ class Studio:
 
     def _record(self, run: ActiveRun, request: dict[str, Any], final: dict[str, Any]) -> None:
         samples = [{**sample, "image": image_info(base64.b64decode(sample["image"]))} for sample in final["samples"]]
-        priors = {name: (image_info(base64.b64decode(prior["control_image"])),
-                         {k: v for k, v in prior.items() if k not in ("control_image", "supplied")})
-                  for name, prior in (final.get("priors") or {}).items() if prior.get("control_image")}
+        priors = {
+            name: (
+                image_info(base64.b64decode(prior["control_image"])),
+                {k: v for k, v in prior.items() if k not in ("control_image", "supplied")},
+            )
+            for name, prior in (final.get("priors") or {}).items()
+            if prior.get("control_image")
+        }
         caption = final.get("caption") or {}
         stored = self.store.finish_run(
-            run.id, caption=caption.get("text", request.get("caption")),
-            caption_edited=bool(caption.get("edited", "caption" in request)), sd_model=self._sd_model(final),
-            request_id=final.get("request_id"), best=final.get("best"), timings=final.get("timings") or {},
-            priors=priors, samples=samples)
+            run.id,
+            caption=caption.get("text", request.get("caption")),
+            caption_edited=bool(caption.get("edited", "caption" in request)),
+            sd_model=self._sd_model(final),
+            request_id=final.get("request_id"),
+            best=final.get("best"),
+            timings=final.get("timings") or {},
+            priors=priors,
+            samples=samples,
+        )
         if stored:
             run.publish({"stage": "end", "status": "done", "samples": len(samples)}, final=True)
 
@@ -472,7 +536,6 @@ class Studio:
         except StoreError as exc:
             raise StudioError(409, str(exc), kind="Conflict") from None
 
-
     # --- after a run: upscale a sample, interpolate between two -----------------------------------
     def _run_samples(self, run_id: str, indices: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         run = self.store.run(run_id)
@@ -493,8 +556,13 @@ class Studio:
     def upscale_sample(self, run_id: str, index: int) -> dict[str, Any]:
         """The sample x4 (the ``upscale`` model), guided by the run's caption, seeded by the sample's seed."""
         run, [sample] = self._run_samples(run_id, [index])
-        answer = self._call("upscale", "upscale", self._image_bytes(sample["image_sha256"]),
-                            prompt=run["caption"] or "", seed=sample["seed"])
+        answer = self._call(
+            "upscale",
+            "upscale",
+            self._image_bytes(sample["image_sha256"]),
+            prompt=run["caption"] or "",
+            seed=sample["seed"],
+        )
         return {"image": answer["image"], "seed": answer["seed"]}
 
     def interpolate_samples(self, run_id: str, form: dict[str, Any]) -> dict[str, Any]:
@@ -502,24 +570,45 @@ class Studio:
         other's, the caption at both ends and the run's control images fixed, so the end frames are the
         two samples themselves."""
         indices = form.get("samples")
-        if not (isinstance(indices, list) and len(indices) == 2 and all(type(i) is int for i in indices)
-                and indices[0] != indices[1]):
+        if not (
+            isinstance(indices, list)
+            and len(indices) == 2
+            and all(type(i) is int for i in indices)
+            and indices[0] != indices[1]
+        ):
             raise StudioError(400, "samples: choose two different samples")
         frames = _integer(form, "frames", 2, 10**3, required=True)
         run, samples = self._run_samples(run_id, indices)
         if samples[0]["priors"] != samples[1]["priors"]:
-            raise StudioError(400, "samples: interpolate between two samples of the same priors "
-                                   f"({'+'.join(samples[0]['priors'])} and {'+'.join(samples[1]['priors'])} differ)")
+            raise StudioError(
+                400,
+                "samples: interpolate between two samples of the same priors "
+                f"({'+'.join(samples[0]['priors'])} and {'+'.join(samples[1]['priors'])} differ)",
+            )
         settings = run["settings"]
-        control = [{"type": prior, "image": self._image_bytes(run["priors"][prior]["image_sha256"]),
-                    **({"scale": settings["scales"][prior]} if prior in settings.get("scales", {}) else {})}
-                   for prior in samples[0]["priors"]]
+        control = [
+            {
+                "type": prior,
+                "image": self._image_bytes(run["priors"][prior]["image_sha256"]),
+                **({"scale": settings["scales"][prior]} if prior in settings.get("scales", {}) else {}),
+            }
+            for prior in samples[0]["priors"]
+        ]
         with Image.open(self.store.image_file(samples[0]["image_sha256"])) as first:
             width, height = first.size
         options = {"steps": settings["steps"]} if "steps" in settings else {}
         caption = run["caption"] or ""
-        answer = self._call("interpolate", "interpolate", [samples[0]["seed"], samples[1]["seed"]], frames,
-                            [caption, caption], control=control, width=width, height=height, **options)
+        answer = self._call(
+            "interpolate",
+            "interpolate",
+            [samples[0]["seed"], samples[1]["seed"]],
+            frames,
+            [caption, caption],
+            control=control,
+            width=width,
+            height=height,
+            **options,
+        )
         return {"images": answer["images"], "seeds": answer["seeds"]}
 
 
@@ -555,8 +644,9 @@ def _text(form: dict[str, Any], key: str, max_chars: int, required: bool = False
     return value
 
 
-def _integer(form: dict[str, Any], key: str, minimum: int, maximum: int, required: bool = False,
-             where: str = "") -> int | None:
+def _integer(
+    form: dict[str, Any], key: str, minimum: int, maximum: int, required: bool = False, where: str = ""
+) -> int | None:
     value = form.get(key)
     if value is None or value == "":
         if required:

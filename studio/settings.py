@@ -5,6 +5,7 @@ key such as ``max_upload`` fails at start, naming it), strict, and no defaults i
 written in the yaml. The base class is restated here rather than imported because importing
 ``handlers.common`` loads torch (seconds and half a gigabyte), which a web page never needs.
 """
+
 from __future__ import annotations
 
 import os
@@ -95,13 +96,16 @@ class StudioSettings(Settings):
 
     def torchserve_urls(self) -> tuple[str, str]:
         """(inference, management): the yaml's, else config.properties' addresses."""
-        properties = _read_properties(Path(self.torchserve.config_properties)) if self.torchserve.config_properties \
-            else {}
+        properties = (
+            _read_properties(Path(self.torchserve.config_properties)) if self.torchserve.config_properties else {}
+        )
         inference = self.torchserve.inference_url or properties.get("inference_address")
         management = self.torchserve.management_url or properties.get("management_address")
         if not inference or not management:
-            raise SettingsError("torchserve: no inference/management address (give inference_url and management_url, "
-                                f"or a config_properties file that has them; read {self.torchserve.config_properties})")
+            raise SettingsError(
+                "torchserve: no inference/management address (give inference_url and management_url, "
+                f"or a config_properties file that has them; read {self.torchserve.config_properties})"
+            )
         return inference, management
 
     def interpret(self) -> InterpretView:
@@ -129,8 +133,11 @@ def load_studio_settings(path: Path | str | None = None) -> StudioSettings:
     try:
         return StudioSettings.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: "
-                             f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: "
+            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
         raise SettingsError(f"{path}: {problems}") from None
 
 

@@ -13,6 +13,7 @@ names any more.
 Schema changes go in :data:`MIGRATIONS`: migration N takes a database from version N-1 to N, inside
 the transaction that records the new version. A database newer than the code is refused.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -122,8 +123,9 @@ def image_info(data: bytes) -> StoredImage:
         width, height = image.size
         image.verify()
     if fmt not in IMAGE_FORMATS:
-        raise ValueError(f"a {fmt or 'unknown'} file is not a picture format the studio keeps "
-                         f"({', '.join(sorted(IMAGE_FORMATS))})")
+        raise ValueError(
+            f"a {fmt or 'unknown'} file is not a picture format the studio keeps ({', '.join(sorted(IMAGE_FORMATS))})"
+        )
     return StoredImage(hashlib.sha256(data).hexdigest(), IMAGE_FORMATS[fmt], width, height, data)
 
 
@@ -185,8 +187,10 @@ class Store:
             partial.write_bytes(image.data)
             os.replace(partial, path)
             created.append(path)
-        db.execute("INSERT OR IGNORE INTO images (sha256, ext, width, height, bytes, created_at) VALUES (?,?,?,?,?,?)",
-                   (image.sha256, image.ext, image.width, image.height, len(image.data), now()))
+        db.execute(
+            "INSERT OR IGNORE INTO images (sha256, ext, width, height, bytes, created_at) VALUES (?,?,?,?,?,?)",
+            (image.sha256, image.ext, image.width, image.height, len(image.data), now()),
+        )
         return image.sha256
 
     def image_file(self, sha256: str) -> Path | None:
@@ -200,7 +204,9 @@ class Store:
     def _remove_if_unreferenced(self, db: sqlite3.Connection, sha256: str) -> None:
         referenced = db.execute(
             "SELECT 1 FROM runs WHERE source_sha256 = :s UNION ALL SELECT 1 FROM run_priors WHERE image_sha256 = :s "
-            "UNION ALL SELECT 1 FROM samples WHERE image_sha256 = :s LIMIT 1", {"s": sha256}).fetchone()
+            "UNION ALL SELECT 1 FROM samples WHERE image_sha256 = :s LIMIT 1",
+            {"s": sha256},
+        ).fetchone()
         if referenced:
             return
         row = db.execute("SELECT ext FROM images WHERE sha256 = ?", (sha256,)).fetchone()
@@ -210,10 +216,21 @@ class Store:
             path.unlink(missing_ok=True)
 
     # --- runs ---------------------------------------------------------------------------------
-    def create_run(self, *, started_by: str, source: StoredImage, source_kind: str, source_name: str | None,
-                   source_prompt: str | None, source_model: str | None, proposed_caption: str | None,
-                   caption: str | None, caption_edited: bool, settings: dict[str, Any],
-                   priors: dict[str, tuple[StoredImage, dict[str, Any]]]) -> str:
+    def create_run(
+        self,
+        *,
+        started_by: str,
+        source: StoredImage,
+        source_kind: str,
+        source_name: str | None,
+        source_prompt: str | None,
+        source_model: str | None,
+        proposed_caption: str | None,
+        caption: str | None,
+        caption_edited: bool,
+        settings: dict[str, Any],
+        priors: dict[str, tuple[StoredImage, dict[str, Any]]],
+    ) -> str:
         """A new run (status ``running``) with its source and the priors the studio computed, in one go."""
         run_id = uuid.uuid4().hex
         with self.transaction() as (db, created):
@@ -224,17 +241,42 @@ class Store:
                 "INSERT INTO runs (id, created_at, started_by, status, source_sha256, source_kind, source_name, "
                 "source_prompt, source_model, proposed_caption, caption, caption_edited, settings) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, now(), started_by, "running", source.sha256, source_kind, source_name, source_prompt,
-                 source_model, proposed_caption, caption, int(caption_edited), json.dumps(settings)))
+                (
+                    run_id,
+                    now(),
+                    started_by,
+                    "running",
+                    source.sha256,
+                    source_kind,
+                    source_name,
+                    source_prompt,
+                    source_model,
+                    proposed_caption,
+                    caption,
+                    int(caption_edited),
+                    json.dumps(settings),
+                ),
+            )
             for prior_type, (image, details) in priors.items():
-                db.execute("INSERT INTO run_priors (run_id, type, image_sha256, origin, details) VALUES (?,?,?,?,?)",
-                           (run_id, prior_type, image.sha256, "studio", json.dumps(details)))
+                db.execute(
+                    "INSERT INTO run_priors (run_id, type, image_sha256, origin, details) VALUES (?,?,?,?,?)",
+                    (run_id, prior_type, image.sha256, "studio", json.dumps(details)),
+                )
         return run_id
 
-    def finish_run(self, run_id: str, *, caption: str, caption_edited: bool, sd_model: str | None,
-                   request_id: str | None, best: int | None, timings: dict[str, Any],
-                   priors: dict[str, tuple[StoredImage, dict[str, Any]]],
-                   samples: list[dict[str, Any]]) -> bool:
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        caption: str,
+        caption_edited: bool,
+        sd_model: str | None,
+        request_id: str | None,
+        best: int | None,
+        timings: dict[str, Any],
+        priors: dict[str, tuple[StoredImage, dict[str, Any]]],
+        samples: list[dict[str, Any]],
+    ) -> bool:
         """Record a finished run's samples (each with ``image``: StoredImage) and the priors interpret computed.
         False (and nothing stored) when the run is no longer running (cancelled or deleted meanwhile)."""
         with self.transaction() as (db, created):
@@ -245,38 +287,60 @@ class Store:
                 self.write_image(db, created, sample["image"])
             for prior_type, (image, details) in priors.items():
                 self.write_image(db, created, image)
-                db.execute("INSERT OR IGNORE INTO run_priors (run_id, type, image_sha256, origin, details) "
-                           "VALUES (?,?,?,?,?)", (run_id, prior_type, image.sha256, "interpret", json.dumps(details)))
+                db.execute(
+                    "INSERT OR IGNORE INTO run_priors (run_id, type, image_sha256, origin, details) VALUES (?,?,?,?,?)",
+                    (run_id, prior_type, image.sha256, "interpret", json.dumps(details)),
+                )
             for index, sample in enumerate(samples):
-                db.execute("INSERT INTO samples (run_id, idx, image_sha256, seed, priors, score_caption, score_source, "
-                           "rank) VALUES (?,?,?,?,?,?,?,?)",
-                           (run_id, index, sample["image"].sha256, sample.get("seed"), json.dumps(sample["priors"]),
-                            sample["scores"].get("caption"), sample["scores"].get("source"), sample["rank"]))
-            db.execute("UPDATE runs SET status = 'done', finished_at = ?, caption = ?, caption_edited = ?, "
-                       "sd_model = ?, request_id = ?, best = ?, timings = ? WHERE id = ?",
-                       (now(), caption, int(caption_edited), sd_model, request_id, best, json.dumps(timings), run_id))
+                db.execute(
+                    "INSERT INTO samples (run_id, idx, image_sha256, seed, priors, score_caption, score_source, "
+                    "rank) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        run_id,
+                        index,
+                        sample["image"].sha256,
+                        sample.get("seed"),
+                        json.dumps(sample["priors"]),
+                        sample["scores"].get("caption"),
+                        sample["scores"].get("source"),
+                        sample["rank"],
+                    ),
+                )
+            db.execute(
+                "UPDATE runs SET status = 'done', finished_at = ?, caption = ?, caption_edited = ?, "
+                "sd_model = ?, request_id = ?, best = ?, timings = ? WHERE id = ?",
+                (now(), caption, int(caption_edited), sd_model, request_id, best, json.dumps(timings), run_id),
+            )
         return True
 
     def end_run(self, run_id: str, status: str, error: str | None = None) -> bool:
         """A running run ends without samples (failed, cancelled, interrupted). False if it was not running."""
         with self.transaction() as (db, _):
-            changed = db.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ? "
-                                 "AND status = 'running'", (status, error, now(), run_id)).rowcount
+            changed = db.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status = 'running'",
+                (status, error, now(), run_id),
+            ).rowcount
         return bool(changed)
 
     def interrupt_unfinished(self) -> int:
         """At start: runs left 'running' by a previous process that stopped mid-run."""
         with self.transaction() as (db, _):
-            return db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? "
-                              "WHERE status = 'running'",
-                              (now(), "the studio stopped while this run was in progress")).rowcount
+            return db.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE status = 'running'",
+                (now(), "the studio stopped while this run was in progress"),
+            ).rowcount
 
     def delete_run(self, run_id: str) -> bool:
         with self.transaction() as (db, _):
-            shas = [row[0] for row in db.execute(
-                "SELECT source_sha256 FROM runs WHERE id = :r "
-                "UNION SELECT image_sha256 FROM run_priors WHERE run_id = :r "
-                "UNION SELECT image_sha256 FROM samples WHERE run_id = :r", {"r": run_id})]
+            shas = [
+                row[0]
+                for row in db.execute(
+                    "SELECT source_sha256 FROM runs WHERE id = :r "
+                    "UNION SELECT image_sha256 FROM run_priors WHERE run_id = :r "
+                    "UNION SELECT image_sha256 FROM samples WHERE run_id = :r",
+                    {"r": run_id},
+                )
+            ]
             deleted = db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount
             for sha in shas:
                 self._remove_if_unreferenced(db, sha)
@@ -288,17 +352,33 @@ class Store:
             if row is None:
                 return None
             run = _run_dict(row)
-            run["priors"] = {p["type"]: {"image_sha256": p["image_sha256"], "origin": p["origin"],
-                                         "details": json.loads(p["details"])}
-                             for p in db.execute("SELECT * FROM run_priors WHERE run_id = ? ORDER BY type", (run_id,))}
-            run["samples"] = [{"index": s["idx"], "image_sha256": s["image_sha256"], "seed": s["seed"],
-                               "priors": json.loads(s["priors"]),
-                               "scores": {"caption": s["score_caption"], "source": s["score_source"]},
-                               "rank": s["rank"]}
-                              for s in db.execute("SELECT * FROM samples WHERE run_id = ? ORDER BY idx", (run_id,))]
-            run["choices"] = [dict(c) for c in db.execute(
-                "SELECT id, sample_idx, chosen_by, rating, created_at FROM choices WHERE run_id = ? "
-                "ORDER BY chosen_by, sample_idx", (run_id,))]
+            run["priors"] = {
+                p["type"]: {
+                    "image_sha256": p["image_sha256"],
+                    "origin": p["origin"],
+                    "details": json.loads(p["details"]),
+                }
+                for p in db.execute("SELECT * FROM run_priors WHERE run_id = ? ORDER BY type", (run_id,))
+            }
+            run["samples"] = [
+                {
+                    "index": s["idx"],
+                    "image_sha256": s["image_sha256"],
+                    "seed": s["seed"],
+                    "priors": json.loads(s["priors"]),
+                    "scores": {"caption": s["score_caption"], "source": s["score_source"]},
+                    "rank": s["rank"],
+                }
+                for s in db.execute("SELECT * FROM samples WHERE run_id = ? ORDER BY idx", (run_id,))
+            ]
+            run["choices"] = [
+                dict(c)
+                for c in db.execute(
+                    "SELECT id, sample_idx, chosen_by, rating, created_at FROM choices WHERE run_id = ? "
+                    "ORDER BY chosen_by, sample_idx",
+                    (run_id,),
+                )
+            ]
         return run
 
     def runs(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -306,9 +386,12 @@ class Store:
             rows = db.execute(
                 "SELECT r.*, (SELECT COUNT(*) FROM samples s WHERE s.run_id = r.id) AS sample_count, "
                 "(SELECT COUNT(*) FROM choices c WHERE c.run_id = r.id) AS choice_count "
-                "FROM runs r ORDER BY r.created_at DESC LIMIT ?", (limit,)).fetchall()
-        return [{**_run_dict(row), "sample_count": row["sample_count"], "choice_count": row["choice_count"]}
-                for row in rows]
+                "FROM runs r ORDER BY r.created_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            {**_run_dict(row), "sample_count": row["sample_count"], "choice_count": row["choice_count"]} for row in rows
+        ]
 
     # --- choices --------------------------------------------------------------------------------
     def set_choices(self, run_id: str, chosen_by: str, choices: list[tuple[int, int]]) -> None:
@@ -326,8 +409,10 @@ class Store:
             db.execute("DELETE FROM choices WHERE run_id = ? AND chosen_by = ?", (run_id, chosen_by))
             stamp = now()
             for index, rating in choices:
-                db.execute("INSERT INTO choices (run_id, sample_idx, chosen_by, rating, created_at) VALUES (?,?,?,?,?)",
-                           (run_id, index, chosen_by, rating, stamp))
+                db.execute(
+                    "INSERT INTO choices (run_id, sample_idx, chosen_by, rating, created_at) VALUES (?,?,?,?,?)",
+                    (run_id, index, chosen_by, rating, stamp),
+                )
 
     def chosen_samples(self) -> list[dict[str, Any]]:
         """Every choice with its sample and run, oldest run first (the export's order)."""
@@ -338,7 +423,8 @@ class Store:
                 "r.caption_edited, r.sd_model FROM choices c "
                 "JOIN samples s ON s.run_id = c.run_id AND s.idx = c.sample_idx "
                 "JOIN runs r ON r.id = c.run_id JOIN images i ON i.sha256 = s.image_sha256 "
-                "ORDER BY r.created_at, r.id, s.idx, c.chosen_by").fetchall()
+                "ORDER BY r.created_at, r.id, s.idx, c.chosen_by"
+            ).fetchall()
         return [dict(row) for row in rows]
 
 
@@ -356,8 +442,10 @@ def migrate(db: sqlite3.Connection) -> int:
     row = db.execute("SELECT version FROM schema_version").fetchone()
     version = row[0] if row else 0
     if version > LATEST_VERSION:
-        raise StoreError(f"studio.db has schema version {version}, newer than this studio's {LATEST_VERSION}: "
-                         "use the release that wrote it")
+        raise StoreError(
+            f"studio.db has schema version {version}, newer than this studio's {LATEST_VERSION}: "
+            "use the release that wrote it"
+        )
     for target in range(version + 1, LATEST_VERSION + 1):
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -6,6 +6,7 @@ Adding a model or a field needs no change here: give the request schema `x-field
 yaml-bound limit, and add the /predictions/<model> path (docs/openapi.yaml's header says how).
 A model whose yaml has a limits key the document never names fails here until the document says it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -75,7 +76,8 @@ def test_request_properties_are_the_parsers_accepted_fields(document):
         assert len(set(fields)) == len(fields), f"{schema['x-fields']} repeats a field"
         assert sorted(schema["properties"]) == sorted(fields), (
             f"{path}: the schema's properties {sorted(schema['properties'])} are not "
-            f"{schema['x-fields']} {sorted(fields)}")
+            f"{schema['x-fields']} {sorted(fields)}"
+        )
         assert schema["additionalProperties"] is False, f"{path}: unknown fields are refused"
         assert set(schema.get("required", [])) <= set(fields)
 
@@ -140,10 +142,18 @@ def test_a_yaml_change_without_a_document_change_fails(document):
 
 
 def test_every_yaml_limit_is_named_in_the_document(document):
-    named = {pair for _, node in nodes(document) for source in (node.get("x-limits") or {}).values()
-             for pair in yaml_sources(source)}
-    missing = [f"models/{model}/model-config.yaml handler.limits.{key}"
-               for model, keys in all_yaml_limits().items() for key in keys if (model, key) not in named]
+    named = {
+        pair
+        for _, node in nodes(document)
+        for source in (node.get("x-limits") or {}).values()
+        for pair in yaml_sources(source)
+    }
+    missing = [
+        f"models/{model}/model-config.yaml handler.limits.{key}"
+        for model, keys in all_yaml_limits().items()
+        for key in keys
+        if (model, key) not in named
+    ]
     assert not missing, "not in docs/openapi.yaml (add it with an x-limits source):\n" + "\n".join(missing)
 
 
@@ -185,73 +195,128 @@ def validator(document: dict[str, Any], schema_name: str) -> Draft202012Validato
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 
 
-@pytest.mark.parametrize("schema, body, valid", [
-    ("SdRequest", {"prompt": "a red bicycle", "seed": 7}, True),
-    ("SdRequest", {"prompt": ["a", "b"], "negative_prompt": ["x", "y"], "width": 64, "height": 128,
-                   "steps": 2, "guidance_scale": 7.5, "scheduler": "dpm++", "stream": True}, True),
-    ("SdRequest", {"promt": "a"}, False),
-    ("SdRequest", {"prompt": "a", "steps": 51}, False),
-    ("SdRequest", {"prompt": "a", "width": 100}, False),
-    ("SdRequest", {"prompt": "a", "seed": 2**32}, False),
-    ("SdRequest", {"prompt": "a", "scheduler": "warp"}, False),
-    ("SdRequest", {"prompt": ""}, False),
-    ("ClipRequest", {"image": PNG, "texts": ["a cat"], "roi": [[0, 0, 1, 1]]}, True),
-    ("ClipRequest", {"image": PNG, "roi": [[0, 0, 1]]}, False),
-    ("ClipRequest", {"image": PNG, "texts": []}, False),
-    ("SamRequest", {"image": PNG, "points": [[0, 0]], "point_labels": [0]}, True),
-    ("SamRequest", {"image": PNG, "point_labels": [1]}, False),
-    ("SamRequest", {"image": PNG, "points": [[0, 0]], "point_labels": [2]}, False),
-    ("DepthRequest", {"image": PNG}, True),
-    ("DepthRequest", {"image": PNG, "roi": [[0, 0, 1, 1]]}, False),
-    ("PoseRequest", {"image": PNG, "roi": [[0, 0, 1, 1]]}, True),
-    ("PipelineRequest", {"prompt": "a red bicycle", "priors": ["depth", "pose"], "steps": 2}, True),
-    ("PipelineRequest", {"image": PNG, "texts": ["cat", "dog"]}, True),
-    ("PipelineRequest", {}, False),
-    ("PipelineRequest", {"prompt": "a", "image": PNG}, False),
-    ("PipelineRequest", {"image": PNG, "steps": 10}, False),
-    ("PipelineRequest", {"image": PNG, "priors": ["normals"]}, False),
-    ("ClipRequest", {"images": [PNG, PNG], "texts": ["a cat"], "reference_image": PNG}, True),
-    ("ClipRequest", {"images": [PNG], "image": PNG}, False),
-    ("ClipRequest", {"images": [PNG], "roi": [[0, 0, 1, 1]]}, False),
-    ("ClipRequest", {"image": PNG, "reference_image": PNG}, False),
-    ("ClipRequest", {"images": []}, False),
-    ("InterpretRequest", {"image": PNG, "priors": ["depth", "canny"], "mode": "combined", "samples": 2,
-                          "scales": {"depth": 0.5}, "prior_images": {"canny": PNG}, "caption": "a cat", "seed": 1,
-                          "steps": 2, "stream": True}, True),
-    ("InterpretRequest", {"image": PNG, "priors": ["normals"]}, False),
-    ("InterpretRequest", {"image": PNG, "priors": ["depth", "depth"]}, False),
-    ("InterpretRequest", {"image": PNG, "samples": 5}, False),
-    ("InterpretRequest", {"image": PNG, "mode": "all"}, False),
-    ("InterpretRequest", {"image": PNG, "scales": {"normals": 1}}, False),
-    ("InterpretRequest", {"image": PNG, "prompt": "a cat"}, False),
-    ("InterpretRequest", {"caption": "a cat"}, False),
-    ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "scale": 0.8, "start": 0, "end": 0.5},
-                                              {"type": "pose", "image": PNG}]}, True),
-    ("SdRequest", {"prompt": "a", "control": []}, False),
-    ("SdRequest", {"prompt": "a", "control": [{"type": "seg", "image": PNG}]}, False),
-    ("SdRequest", {"prompt": "a", "control": [{"type": "depth"}]}, False),
-    ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "scale": 2.5}]}, False),
-    ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "end": 1.5}]}, False),
-    ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "weight": 1}]}, False),
-    ("SdRequest", {"interpolate": {"seeds": [1, 2], "prompts": ["a cat", "a dog"], "frames": 8}, "steps": 2,
-                   "control": [{"type": "depth", "image": PNG}]}, True),
-    ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 2}}, True),
-    ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 2}, "prompt": "a"}, False),
-    ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 2}, "seed": 1}, False),
-    ("SdRequest", {"interpolate": {"seeds": [1], "frames": 2}}, False),
-    ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 1}}, False),
-    ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 9}}, False),
-    ("SdRequest", {"interpolate": {"seeds": [1, 2]}}, False),
-    ("SdRequest", {}, False),
-    ("UpscaleRequest", {"image": PNG, "prompt": "a cat", "steps": 2, "guidance_scale": 9, "noise_level": 20,
-                        "seed": 3, "tile": 64}, True),
-    ("UpscaleRequest", {"image": PNG, "prompt": ""}, True),
-    ("UpscaleRequest", {"prompt": "a cat"}, False),
-    ("UpscaleRequest", {"image": PNG, "noise_level": 351}, False),
-    ("UpscaleRequest", {"image": PNG, "tile": 36}, False),
-    ("UpscaleRequest", {"image": PNG, "tile": 256}, False),
-    ("UpscaleRequest", {"image": PNG, "scale": 2}, False),
-])
+@pytest.mark.parametrize(
+    "schema, body, valid",
+    [
+        ("SdRequest", {"prompt": "a red bicycle", "seed": 7}, True),
+        (
+            "SdRequest",
+            {
+                "prompt": ["a", "b"],
+                "negative_prompt": ["x", "y"],
+                "width": 64,
+                "height": 128,
+                "steps": 2,
+                "guidance_scale": 7.5,
+                "scheduler": "dpm++",
+                "stream": True,
+            },
+            True,
+        ),
+        ("SdRequest", {"promt": "a"}, False),
+        ("SdRequest", {"prompt": "a", "steps": 51}, False),
+        ("SdRequest", {"prompt": "a", "width": 100}, False),
+        ("SdRequest", {"prompt": "a", "seed": 2**32}, False),
+        ("SdRequest", {"prompt": "a", "scheduler": "warp"}, False),
+        ("SdRequest", {"prompt": ""}, False),
+        ("ClipRequest", {"image": PNG, "texts": ["a cat"], "roi": [[0, 0, 1, 1]]}, True),
+        ("ClipRequest", {"image": PNG, "roi": [[0, 0, 1]]}, False),
+        ("ClipRequest", {"image": PNG, "texts": []}, False),
+        ("SamRequest", {"image": PNG, "points": [[0, 0]], "point_labels": [0]}, True),
+        ("SamRequest", {"image": PNG, "point_labels": [1]}, False),
+        ("SamRequest", {"image": PNG, "points": [[0, 0]], "point_labels": [2]}, False),
+        ("DepthRequest", {"image": PNG}, True),
+        ("DepthRequest", {"image": PNG, "roi": [[0, 0, 1, 1]]}, False),
+        ("PoseRequest", {"image": PNG, "roi": [[0, 0, 1, 1]]}, True),
+        ("PipelineRequest", {"prompt": "a red bicycle", "priors": ["depth", "pose"], "steps": 2}, True),
+        ("PipelineRequest", {"image": PNG, "texts": ["cat", "dog"]}, True),
+        ("PipelineRequest", {}, False),
+        ("PipelineRequest", {"prompt": "a", "image": PNG}, False),
+        ("PipelineRequest", {"image": PNG, "steps": 10}, False),
+        ("PipelineRequest", {"image": PNG, "priors": ["normals"]}, False),
+        ("ClipRequest", {"images": [PNG, PNG], "texts": ["a cat"], "reference_image": PNG}, True),
+        ("ClipRequest", {"images": [PNG], "image": PNG}, False),
+        ("ClipRequest", {"images": [PNG], "roi": [[0, 0, 1, 1]]}, False),
+        ("ClipRequest", {"image": PNG, "reference_image": PNG}, False),
+        ("ClipRequest", {"images": []}, False),
+        (
+            "InterpretRequest",
+            {
+                "image": PNG,
+                "priors": ["depth", "canny"],
+                "mode": "combined",
+                "samples": 2,
+                "scales": {"depth": 0.5},
+                "prior_images": {"canny": PNG},
+                "caption": "a cat",
+                "seed": 1,
+                "steps": 2,
+                "stream": True,
+            },
+            True,
+        ),
+        ("InterpretRequest", {"image": PNG, "priors": ["normals"]}, False),
+        ("InterpretRequest", {"image": PNG, "priors": ["depth", "depth"]}, False),
+        ("InterpretRequest", {"image": PNG, "samples": 5}, False),
+        ("InterpretRequest", {"image": PNG, "mode": "all"}, False),
+        ("InterpretRequest", {"image": PNG, "scales": {"normals": 1}}, False),
+        ("InterpretRequest", {"image": PNG, "prompt": "a cat"}, False),
+        ("InterpretRequest", {"caption": "a cat"}, False),
+        (
+            "SdRequest",
+            {
+                "prompt": "a",
+                "control": [
+                    {"type": "depth", "image": PNG, "scale": 0.8, "start": 0, "end": 0.5},
+                    {"type": "pose", "image": PNG},
+                ],
+            },
+            True,
+        ),
+        ("SdRequest", {"prompt": "a", "control": []}, False),
+        ("SdRequest", {"prompt": "a", "control": [{"type": "seg", "image": PNG}]}, False),
+        ("SdRequest", {"prompt": "a", "control": [{"type": "depth"}]}, False),
+        ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "scale": 2.5}]}, False),
+        ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "end": 1.5}]}, False),
+        ("SdRequest", {"prompt": "a", "control": [{"type": "depth", "image": PNG, "weight": 1}]}, False),
+        (
+            "SdRequest",
+            {
+                "interpolate": {"seeds": [1, 2], "prompts": ["a cat", "a dog"], "frames": 8},
+                "steps": 2,
+                "control": [{"type": "depth", "image": PNG}],
+            },
+            True,
+        ),
+        ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 2}}, True),
+        ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 2}, "prompt": "a"}, False),
+        ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 2}, "seed": 1}, False),
+        ("SdRequest", {"interpolate": {"seeds": [1], "frames": 2}}, False),
+        ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 1}}, False),
+        ("SdRequest", {"interpolate": {"seeds": [1, 2], "frames": 9}}, False),
+        ("SdRequest", {"interpolate": {"seeds": [1, 2]}}, False),
+        ("SdRequest", {}, False),
+        (
+            "UpscaleRequest",
+            {
+                "image": PNG,
+                "prompt": "a cat",
+                "steps": 2,
+                "guidance_scale": 9,
+                "noise_level": 20,
+                "seed": 3,
+                "tile": 64,
+            },
+            True,
+        ),
+        ("UpscaleRequest", {"image": PNG, "prompt": ""}, True),
+        ("UpscaleRequest", {"prompt": "a cat"}, False),
+        ("UpscaleRequest", {"image": PNG, "noise_level": 351}, False),
+        ("UpscaleRequest", {"image": PNG, "tile": 36}, False),
+        ("UpscaleRequest", {"image": PNG, "tile": 256}, False),
+        ("UpscaleRequest", {"image": PNG, "scale": 2}, False),
+    ],
+)
 def test_schemas_accept_and_refuse_like_the_parsers(document, schema, body, valid):
     # the README's and test_bad_input.py's cases, judged by a JSON Schema 2020-12 validator
     errors = list(validator(document, schema).iter_errors(body))

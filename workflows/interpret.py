@@ -21,6 +21,7 @@ The stages of one request:
 4. **upscale** (only with ``"upscale": true``): one ``upscale`` request on the best sample, with the
    caption as its prompt and the sample's seed; its image is ``samples[best].upscaled``.
 """
+
 from __future__ import annotations
 
 import re
@@ -59,14 +60,27 @@ from .stages import CallerSettings, ModelCaller, ModelTimeouts, Stages
 PRIORS = ("depth", "pose", "canny")
 MODES = ("each", "combined")
 GENERATION_FIELDS = ("negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler")
-FIELDS = ("image", "caption", "priors", "mode", "samples", "scales", "prior_images", "seed", "stream", "sd_version", "upscale",
-          *GENERATION_FIELDS)
+FIELDS = (
+    "image",
+    "caption",
+    "priors",
+    "mode",
+    "samples",
+    "scales",
+    "prior_images",
+    "seed",
+    "stream",
+    "sd_version",
+    "upscale",
+    *GENERATION_FIELDS,
+)
 SEED_SPACE = 2**32  # sd's seeds (handlers/text_to_image.py): 0 .. 2**32 - 1, a prompt list's seeds wrap
 
 PriorType = Literal["depth", "pose", "canny"]
 
 
 # --- settings: the handler section of models/interpret/model-config.yaml -----------------------------
+
 
 class InterpretTimeouts(ModelTimeouts):
     caption: float = Field(gt=0)
@@ -81,10 +95,10 @@ class InterpretLimits(ImageLimits):
     """What the interpreter checks before any model runs; tests/unit/test_interpret_stages.py keeps
     each at most the limit of the model it is sent to (sd's, clip's), so no request is refused late."""
 
-    max_version_length: int = Field(ge=1)     # characters of `sd_version`
-    max_caption_length: int = Field(ge=1)     # characters of `caption` and `negative_prompt` (<= clip's texts)
-    max_samples: int = Field(ge=1)            # per prior (each) or per request (combined): <= sd's max_prompts
-    min_side: int = Field(ge=8)               # width / height, as sd's limits
+    max_version_length: int = Field(ge=1)  # characters of `sd_version`
+    max_caption_length: int = Field(ge=1)  # characters of `caption` and `negative_prompt` (<= clip's texts)
+    max_samples: int = Field(ge=1)  # per prior (each) or per request (combined): <= sd's max_prompts
+    min_side: int = Field(ge=8)  # width / height, as sd's limits
     max_side: int = Field(ge=8)
     size_multiple: int = Field(ge=1)
     max_pixels: int = Field(ge=64)
@@ -103,11 +117,11 @@ class CannySettings(Settings):
 class InterpretSettings(CallerSettings):
     """The ``handler:`` section of models/interpret/model-config.yaml."""
 
-    priors: list[PriorType] = Field(min_length=1)    # a request's default
-    mode: Literal["each", "combined"]                 # a request's default
-    samples: int = Field(ge=1)                        # a request's default
-    rank_by: Literal["mean", "caption", "source"]     # which score orders the samples (rank 0 = best)
-    sd_schedulers: list[str] = Field(min_length=1)    # the `scheduler` names sd knows (a test keeps them equal)
+    priors: list[PriorType] = Field(min_length=1)  # a request's default
+    mode: Literal["each", "combined"]  # a request's default
+    samples: int = Field(ge=1)  # a request's default
+    rank_by: Literal["mean", "caption", "source"]  # which score orders the samples (rank 0 = best)
+    sd_schedulers: list[str] = Field(min_length=1)  # the `scheduler` names sd knows (a test keeps them equal)
     canny: CannySettings
     stage_timeouts: InterpretTimeouts
     limits: InterpretLimits
@@ -125,21 +139,22 @@ class InterpretSettings(CallerSettings):
 
 # --- the request ---------------------------------------------------------------------------------
 
+
 @dataclass
 class InterpretRequest:
-    image: str                        # base64, as the client sent it (what the models receive)
-    source: Image.Image               # decoded once here: canny runs on it
-    caption: str | None               # supplied by the client: BLIP is not called
+    image: str  # base64, as the client sent it (what the models receive)
+    source: Image.Image  # decoded once here: canny runs on it
+    caption: str | None  # supplied by the client: BLIP is not called
     priors: list[str]
     mode: str
     samples: int
     seed: int
     scales: dict[str, float] = field(default_factory=dict)
-    prior_images: dict[str, str] = field(default_factory=dict)   # supplied control images (base64)
-    generation: dict[str, Any] = field(default_factory=dict)     # sd's generation fields, checked here
+    prior_images: dict[str, str] = field(default_factory=dict)  # supplied control images (base64)
+    generation: dict[str, Any] = field(default_factory=dict)  # sd's generation fields, checked here
     stream: bool = False
-    upscale: bool = False                                        # the best sample upscaled x4 as well
-    sd_version: str | None = None                                # one of sd's versions (a fine-tune); None: default
+    upscale: bool = False  # the best sample upscaled x4 as well
+    sd_version: str | None = None  # one of sd's versions (a fine-tune); None: default
 
 
 def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> InterpretRequest:
@@ -158,12 +173,21 @@ def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> Inter
     samples = get_int(payload, "samples", default=settings.samples, minimum=1, maximum=limits.max_samples)
     seed = get_int(payload, "seed", minimum=0, maximum=SEED_SPACE - 1)
     return InterpretRequest(
-        image=image, source=source, caption=caption, priors=priors, mode=mode, samples=samples,
+        image=image,
+        source=source,
+        caption=caption,
+        priors=priors,
+        mode=mode,
+        samples=samples,
         # without a seed the interpreter draws one, so that in `each` mode every prior gets the same noise
         seed=secrets.randbelow(SEED_SPACE) if seed is None else seed,
-        scales=_scales(payload, priors, limits), prior_images=_prior_images(payload, priors, limits),
-        generation=_generation(payload, settings), stream=get_bool(payload, "stream"),
-        upscale=get_bool(payload, "upscale"), sd_version=_sd_version(payload, limits))
+        scales=_scales(payload, priors, limits),
+        prior_images=_prior_images(payload, priors, limits),
+        generation=_generation(payload, settings),
+        stream=get_bool(payload, "stream"),
+        upscale=get_bool(payload, "upscale"),
+        sd_version=_sd_version(payload, limits),
+    )
 
 
 def _sd_version(payload: dict[str, Any], limits: InterpretLimits) -> str | None:
@@ -180,8 +204,9 @@ def _priors(payload: dict[str, Any], settings: InterpretSettings) -> list[str]:
         if prior not in PRIORS:
             raise InputError(f"priors[{i}]", f"unknown prior {prior!r}; choose from {list(PRIORS)}")
         if prior in priors[:i]:
-            raise InputError(f"priors[{i}]", f"{prior!r} is already priors[{priors.index(prior)}]; each prior may "
-                                             "appear once")
+            raise InputError(
+                f"priors[{i}]", f"{prior!r} is already priors[{priors.index(prior)}]; each prior may appear once"
+            )
     return priors
 
 
@@ -199,8 +224,10 @@ def _object(payload: dict[str, Any], key: str, priors: list[str]) -> dict[str, A
 
 
 def _scales(payload: dict[str, Any], priors: list[str], limits: InterpretLimits) -> dict[str, float]:
-    return {name: float(check_number(scale, f"scales.{name}", minimum=0, maximum=limits.max_control_scale))
-            for name, scale in _object(payload, "scales", priors).items()}
+    return {
+        name: float(check_number(scale, f"scales.{name}", minimum=0, maximum=limits.max_control_scale))
+        for name, scale in _object(payload, "scales", priors).items()
+    }
 
 
 def _prior_images(payload: dict[str, Any], priors: list[str], limits: InterpretLimits) -> dict[str, str]:
@@ -236,11 +263,13 @@ def _generation(payload: dict[str, Any], settings: InterpretSettings) -> dict[st
     if steps is not None:
         generation["steps"] = steps
     if payload.get("guidance_scale") is not None:
-        generation["guidance_scale"] = float(check_number(payload["guidance_scale"], "guidance_scale", minimum=0,
-                                                          maximum=limits.max_guidance_scale))
+        generation["guidance_scale"] = float(
+            check_number(payload["guidance_scale"], "guidance_scale", minimum=0, maximum=limits.max_guidance_scale)
+        )
     if payload.get("negative_prompt") is not None:
-        generation["negative_prompt"] = check_str(payload["negative_prompt"], "negative_prompt",
-                                                  max_len=limits.max_caption_length, allow_empty=True)
+        generation["negative_prompt"] = check_str(
+            payload["negative_prompt"], "negative_prompt", max_len=limits.max_caption_length, allow_empty=True
+        )
     scheduler = get_str(payload, "scheduler")
     if scheduler is not None:
         if scheduler not in settings.sd_schedulers:
@@ -255,8 +284,13 @@ EventCallback = Callable[[str, Any], None]
 EdgeDetector = Callable[[Image.Image, int, int], Image.Image]
 
 
-def run_interpret(request: InterpretRequest, call: ModelCaller, settings: InterpretSettings,
-                  on_event: EventCallback | None = None, edges: EdgeDetector | None = None) -> dict[str, Any]:
+def run_interpret(
+    request: InterpretRequest,
+    call: ModelCaller,
+    settings: InterpretSettings,
+    on_event: EventCallback | None = None,
+    edges: EdgeDetector | None = None,
+) -> dict[str, Any]:
     """The three stages; ``on_event(stage, result)`` sees the caption, each prior and the scored samples
     as soon as each is ready (the stream's events). ``edges`` is the canny helper (default: the project's)."""
     stage = Stages(call, settings)
@@ -276,8 +310,14 @@ def run_interpret(request: InterpretRequest, call: ModelCaller, settings: Interp
     return {"caption": caption, "priors": priors, "samples": samples, "best": best, "timings": dict(stage.timings)}
 
 
-def _priors_stage(request: InterpretRequest, stage: Stages, settings: InterpretSettings, pool: ThreadPoolExecutor,
-                  emit: EventCallback, edges: EdgeDetector | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _priors_stage(
+    request: InterpretRequest,
+    stage: Stages,
+    settings: InterpretSettings,
+    pool: ThreadPoolExecutor,
+    emit: EventCallback,
+    edges: EdgeDetector | None,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Caption, depth, pose and canny at once; what the client supplied is taken as it is."""
     futures: dict[Future, str] = {}
     if request.caption is None:
@@ -304,8 +344,11 @@ def _priors_stage(request: InterpretRequest, stage: Stages, settings: InterpretS
             result = future.result()  # a failed stage raises here, without waiting for the others
             if name == "caption":
                 if not result["caption"].strip():  # sd and clip would refuse it: say where it came from
-                    raise ServerError("caption: the caption model returned an empty caption; send one in 'caption'",
-                                      code=502, kind="StageFailed")
+                    raise ServerError(
+                        "caption: the caption model returned an empty caption; send one in 'caption'",
+                        code=502,
+                        kind="StageFailed",
+                    )
                 caption = {"text": result["caption"], "edited": False}
                 emit("caption", caption)
             else:
@@ -315,8 +358,9 @@ def _priors_stage(request: InterpretRequest, stage: Stages, settings: InterpretS
     return caption, {name: priors[name] for name in request.priors}  # in the order asked
 
 
-def _canny_stage(request: InterpretRequest, stage: Stages, settings: InterpretSettings,
-                 edges: EdgeDetector | None) -> dict[str, Any]:
+def _canny_stage(
+    request: InterpretRequest, stage: Stages, settings: InterpretSettings, edges: EdgeDetector | None
+) -> dict[str, Any]:
     started = time.perf_counter()
     edge_map = (edges or _canny_helper())(request.source, settings.canny.low_threshold, settings.canny.high_threshold)
     stage.timings["canny"] = round(time.perf_counter() - started, 4)
@@ -334,21 +378,36 @@ def generation_groups(request: InterpretRequest) -> list[list[str]]:
     return [[name] for name in request.priors] if request.mode == "each" else [list(request.priors)]
 
 
-def generation_body(request: InterpretRequest, caption: str, group: list[str],
-                    priors: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def generation_body(
+    request: InterpretRequest, caption: str, group: list[str], priors: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """One sd request: ``samples`` copies of the caption as prompts, seeds from the request's seed."""
-    control = [{"type": name, "image": priors[name]["control_image"],
-                **({"scale": request.scales[name]} if name in request.scales else {})} for name in group]
+    control = [
+        {
+            "type": name,
+            "image": priors[name]["control_image"],
+            **({"scale": request.scales[name]} if name in request.scales else {}),
+        }
+        for name in group
+    ]
     return {"prompt": [caption] * request.samples, "seed": request.seed, "control": control, **request.generation}
 
 
-def _generate_stage(request: InterpretRequest, caption: str, priors: dict[str, dict[str, Any]], stage: Stages,
-                    pool: ThreadPoolExecutor) -> list[dict[str, Any]]:
+def _generate_stage(
+    request: InterpretRequest, caption: str, priors: dict[str, dict[str, Any]], stage: Stages, pool: ThreadPoolExecutor
+) -> list[dict[str, Any]]:
     """Every sd request sent at once; the samples in request order (priors as asked, then seed)."""
     groups = generation_groups(request)
     sd = versioned("sd", request.sd_version)
-    futures = [pool.submit(stage, "generate" if request.mode == "combined" else f"generate_{group[0]}", sd,
-                           generation_body(request, caption, group, priors)) for group in groups]
+    futures = [
+        pool.submit(
+            stage,
+            "generate" if request.mode == "combined" else f"generate_{group[0]}",
+            sd,
+            generation_body(request, caption, group, priors),
+        )
+        for group in groups
+    ]
     done, _ = wait(futures, return_when=FIRST_EXCEPTION)
     for future in done:
         future.result()  # a failed sd call raises here, without waiting for the others
@@ -361,13 +420,20 @@ def _generate_stage(request: InterpretRequest, caption: str, priors: dict[str, d
     return samples
 
 
-def _score_stage(request: InterpretRequest, caption: str, samples: list[dict[str, Any]], stage: Stages,
-                 settings: InterpretSettings) -> int:
+def _score_stage(
+    request: InterpretRequest, caption: str, samples: list[dict[str, Any]], stage: Stages, settings: InterpretSettings
+) -> int:
     """One clip call scores every sample; ``rank`` by the yaml's rule; returns ``best``."""
-    answer = stage("score", "clip", {"images": [sample["image"] for sample in samples],
-                                     # CLIP reads its first 77 tokens: a long caption is cut to clip's text limit
-                                     "texts": [caption[:settings.limits.max_caption_length]],
-                                     "reference_image": request.image})
+    answer = stage(
+        "score",
+        "clip",
+        {
+            "images": [sample["image"] for sample in samples],
+            # CLIP reads its first 77 tokens: a long caption is cut to clip's text limit
+            "texts": [caption[: settings.limits.max_caption_length]],
+            "reference_image": request.image,
+        },
+    )
     for sample, similarity in zip(samples, answer["similarities"]):
         sample["scores"] = {"caption": similarity["texts"][0], "source": similarity["reference"]}
     for rank, index in enumerate(rank_order(samples, settings.rank_by)):

@@ -16,6 +16,7 @@ profile with one ``StableDiffusionUpscalePipeline.from_pretrained``.
   random weights.
 - ``pretrained``: ``stabilityai/stable-diffusion-x4-upscaler`` (CreativeML OpenRAIL++-M licence).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,10 +37,24 @@ PRETRAINED = {"upscale": "stabilityai/stable-diffusion-x4-upscaler"}
 # stabilityai/stable-diffusion-x4-upscaler: scheduler/ (DDIM, v-prediction), low_res_scheduler/
 # (DDPM: the noise added to the low-resolution image), model_index.json's max_noise_level, and the
 # VAE's latent scaling factor
-SCHEDULER = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                 clip_sample=False, prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1)
-LOW_RES_SCHEDULER = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                         clip_sample=False, variance_type="fixed_small")
+SCHEDULER = dict(
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    prediction_type="v_prediction",
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+LOW_RES_SCHEDULER = dict(
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    variance_type="fixed_small",
+)
 MAX_NOISE_LEVEL = 350
 VAE_SCALING_FACTOR = 0.08333
 NOISE_CLASSES = 1000  # the UNet's class embedding: one entry per noise level the low-res scheduler knows
@@ -48,41 +63,75 @@ NOISE_CLASSES = 1000  # the UNet's class embedding: one entry per noise level th
 def unet_config(profile: str) -> dict:
     shared = dict(in_channels=7, out_channels=4, num_class_embeds=NOISE_CLASSES, use_linear_projection=True)
     if profile == "tiny":
-        return dict(**shared, sample_size=32, block_out_channels=(32, 32, 64), layers_per_block=1,
-                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                    # self-attention only at the lowest level (1024 tokens for a 128x128 tile), as the
-                    # real upscaler keeps it off its high-resolution levels
-                    only_cross_attention=(True, True, False), cross_attention_dim=32, attention_head_dim=8,
-                    norm_num_groups=32)
+        return dict(
+            **shared,
+            sample_size=32,
+            block_out_channels=(32, 32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            # self-attention only at the lowest level (1024 tokens for a 128x128 tile), as the
+            # real upscaler keeps it off its high-resolution levels
+            only_cross_attention=(True, True, False),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
     # stabilityai/stable-diffusion-x4-upscaler unet/config.json
-    return dict(**shared, sample_size=128, block_out_channels=(256, 512, 512, 1024), layers_per_block=2,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                  "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                only_cross_attention=(True, True, True, False), cross_attention_dim=1024, attention_head_dim=8,
-                norm_num_groups=32)
+    return dict(
+        **shared,
+        sample_size=128,
+        block_out_channels=(256, 512, 512, 1024),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        only_cross_attention=(True, True, True, False),
+        cross_attention_dim=1024,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
 
 
 def vae_config(profile: str) -> dict:
     blocks = (16, 16, 32) if profile == "tiny" else (128, 256, 512)  # 3 levels: latents x4 = pixels
-    return dict(block_out_channels=blocks, layers_per_block=1 if profile == "tiny" else 2, latent_channels=4,
-                norm_num_groups=16 if profile == "tiny" else 32, sample_size=256 if profile != "tiny" else 128,
-                scaling_factor=VAE_SCALING_FACTOR,
-                down_block_types=("DownEncoderBlock2D",) * len(blocks),
-                up_block_types=("UpDecoderBlock2D",) * len(blocks))
+    return dict(
+        block_out_channels=blocks,
+        layers_per_block=1 if profile == "tiny" else 2,
+        latent_channels=4,
+        norm_num_groups=16 if profile == "tiny" else 32,
+        sample_size=256 if profile != "tiny" else 128,
+        scaling_factor=VAE_SCALING_FACTOR,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+    )
 
 
 def text_config(profile: str, tokenizer) -> CLIPTextConfig:
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     if profile == "tiny":
-        return CLIPTextConfig(vocab_size=len(tokenizer), **special, hidden_size=32, intermediate_size=64,
-                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77)
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            **special,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        )
     # OpenCLIP ViT-H/14's text tower (Stable Diffusion 2's), as the upscaler's text_encoder/config.json
-    return CLIPTextConfig(vocab_size=49408, **special, hidden_size=1024, intermediate_size=4096,
-                          num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
-                          projection_dim=512, hidden_act="gelu")
+    return CLIPTextConfig(
+        vocab_size=49408,
+        **special,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=23,
+        num_attention_heads=16,
+        max_position_embeddings=77,
+        projection_dim=512,
+        hidden_act="gelu",
+    )
 
 
 def build_pipeline(profile: str) -> StableDiffusionUpscalePipeline:

@@ -1,5 +1,6 @@
 """`upscale` on the real TorchServe: the 4x image, tiling, one seed alone or batched across
 concurrent requests, per-request errors that leave the worker alive, and the client."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np

@@ -12,6 +12,7 @@ Tolerance: at most 1 level (of 255) on any channel of any pixel, and at most 0.5
 off at all (tests/parity/common.py: the worker and this process may run oneDNN with different
 thread counts); in practice the images are identical.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,14 +38,32 @@ CASES = [
 
 
 @pytest.mark.parametrize("width,height,prompt,steps,guidance,noise_level,seed", CASES)
-def test_served_upscale_equals_diffusers_pipeline(server, reference_pipe, width, height, prompt, steps, guidance,
-                                                  noise_level, seed):
+def test_served_upscale_equals_diffusers_pipeline(
+    server, reference_pipe, width, height, prompt, steps, guidance, noise_level, seed
+):
     image = sample_image(width, height, seed=seed)
     assert max(width, height) <= handler_settings("upscale")["tile"]  # one tile: the pipeline's own path
-    served = ok(server.predict("upscale", {"image": png_b64(image), "prompt": prompt, "steps": steps,
-                                           "guidance_scale": guidance, "noise_level": noise_level, "seed": seed}))
+    served = ok(
+        server.predict(
+            "upscale",
+            {
+                "image": png_b64(image),
+                "prompt": prompt,
+                "steps": steps,
+                "guidance_scale": guidance,
+                "noise_level": noise_level,
+                "seed": seed,
+            },
+        )
+    )
     assert served["seed"] == seed
-    reference = reference_pipe(prompt=prompt, image=image, num_inference_steps=steps, guidance_scale=guidance,
-                               noise_level=noise_level, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    reference = reference_pipe(
+        prompt=prompt,
+        image=image,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        noise_level=noise_level,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
     assert reference.size == (4 * width, 4 * height)
     assert_same_image(decode_png_array(served["image"]), np.asarray(reference))

@@ -12,6 +12,7 @@ body that validates against the documented response schema; ``invalid`` -> a han
 whose message starts with ``field`` (after a pipeline stage prefix such as ``generate: ``);
 ``maybe`` (a bit-flipped image) -> either; ``torchserve`` -> TorchServe's own 4xx (no request_id).
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,26 +44,66 @@ from robustness.tools import jpeg_declaring, png_header
 # 128 px a side, 8192 px in all: both limits can be crossed alone; 128:1 still resizes to tiny sam's 64 px input
 SMALL_IMAGE = {"max_image_side": 128, "max_image_pixels": 8192}
 FUZZ_OVERRIDES: dict[str, dict[str, Any]] = {
-    "sd": {"handler": {"width": 64, "height": 64, "steps": 2,  # SMALL_IMAGE: its control images
-                       "limits": {"max_prompts": 2, "max_prompt_length": 200, "min_side": 64, "max_side": 96,
-                                  "max_pixels": 7680, "max_steps": 3, "max_frames": 3, **SMALL_IMAGE}}},
+    "sd": {
+        "handler": {
+            "width": 64,
+            "height": 64,
+            "steps": 2,  # SMALL_IMAGE: its control images
+            "limits": {
+                "max_prompts": 2,
+                "max_prompt_length": 200,
+                "min_side": 64,
+                "max_side": 96,
+                "max_pixels": 7680,
+                "max_steps": 3,
+                "max_frames": 3,
+                **SMALL_IMAGE,
+            },
+        }
+    },
     "clip": {"handler": {"limits": {**SMALL_IMAGE, "max_texts": 8, "max_text_length": 64, "max_rois": 8}}},
-    "sam": {"handler": {"automatic": {"points_per_side": 4, "max_masks": 6},
-                        "limits": {**SMALL_IMAGE, "max_boxes": 4, "max_points": 4, "max_masks": 6}}},
+    "sam": {
+        "handler": {
+            "automatic": {"points_per_side": 4, "max_masks": 6},
+            "limits": {**SMALL_IMAGE, "max_boxes": 4, "max_points": 4, "max_masks": 6},
+        }
+    },
     "depth": {"handler": {"limits": SMALL_IMAGE}},
     "pose": {"handler": {"limits": {**SMALL_IMAGE, "max_rois": 4, "max_people": 4}}},
-    "caption": {"handler": {"max_new_tokens": 4, "num_beams": 1,
-                            "limits": {**SMALL_IMAGE, "max_prompt_length": 64, "max_new_tokens": 6,
-                                       "max_num_beams": 2}}},
-    "pipeline": {"handler": {"limits": {**SMALL_IMAGE, "max_prompt_length": 200, "max_texts": 8,
-                                        "max_text_length": 64, "max_rois": 4}}},
+    "caption": {
+        "handler": {
+            "max_new_tokens": 4,
+            "num_beams": 1,
+            "limits": {**SMALL_IMAGE, "max_prompt_length": 64, "max_new_tokens": 6, "max_num_beams": 2},
+        }
+    },
+    "pipeline": {
+        "handler": {
+            "limits": {**SMALL_IMAGE, "max_prompt_length": 200, "max_texts": 8, "max_text_length": 64, "max_rois": 4}
+        }
+    },
     # every legal input's 4x output within the output bound (16 x 8192 px), one tile, one or two steps
-    "upscale": {"handler": {"steps": 1, "limits": {**SMALL_IMAGE, "max_output_pixels": 131072, "max_steps": 2,
-                                                   "max_prompt_length": 64}}},
+    "upscale": {
+        "handler": {
+            "steps": 1,
+            "limits": {**SMALL_IMAGE, "max_output_pixels": 131072, "max_steps": 2, "max_prompt_length": 64},
+        }
+    },
     # one sample per prior, sd's fuzz sizes and steps: a valid interpretation is a handful of tiny calls
-    "interpret": {"handler": {"samples": 1,
-                              "limits": {**SMALL_IMAGE, "max_caption_length": 64, "max_samples": 1, "min_side": 64,
-                                         "max_side": 96, "max_pixels": 7680, "max_steps": 3}}},
+    "interpret": {
+        "handler": {
+            "samples": 1,
+            "limits": {
+                **SMALL_IMAGE,
+                "max_caption_length": 64,
+                "max_samples": 1,
+                "min_side": 64,
+                "max_side": 96,
+                "max_pixels": 7680,
+                "max_steps": 3,
+            },
+        }
+    },
 }
 CONFIG_NAME = "model-config.yaml"
 
@@ -100,17 +141,17 @@ def fuzz_store(model_store: Path, target: Path, names: list[str]) -> dict[str, d
 # --- probes --------------------------------------------------------------------------------------------
 @dataclass
 class Probe:
-    path: str                      # /predictions/<model> or /wfpredict/pipeline
-    kind: str                      # valid | invalid | maybe | torchserve
-    what: str                      # the mutation, for the summary ("limit steps", "image truncated", ...)
-    field: str | None = None       # invalid: the message must start with this field (or one of `fields`)
-    fields: tuple[str, ...] = ()   # alternatives (pipeline: prompt / image)
-    json: Any = None               # a JSON body (sent with json=)
-    data: bytes | None = None      # a raw body
+    path: str  # /predictions/<model> or /wfpredict/pipeline
+    kind: str  # valid | invalid | maybe | torchserve
+    what: str  # the mutation, for the summary ("limit steps", "image truncated", ...)
+    field: str | None = None  # invalid: the message must start with this field (or one of `fields`)
+    fields: tuple[str, ...] = ()  # alternatives (pipeline: prompt / image)
+    json: Any = None  # a JSON body (sent with json=)
+    data: bytes | None = None  # a raw body
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     method: str = "POST"
-    token: str | None = None       # None: the right token
-    status: int | None = None      # invalid: the exact 4xx expected (413 for sizes), when known
+    token: str | None = None  # None: the right token
+    status: int | None = None  # invalid: the exact 4xx expected (413 for sizes), when known
     schema_invalid: bool | None = None  # what the request schema must say of `json` (None: not checked)
 
     def describe(self) -> str:
@@ -170,23 +211,40 @@ def b64(raw: bytes) -> str:
 
 
 # --- the generator ---------------------------------------------------------------------------------------
-PIPELINE_STAGES = {"generate": "sd", "concepts": "clip", "segment": "sam", "describe_regions": "clip",
-                   "depth": "depth", "pose": "pose"}
-INTERPRET_STAGES = {"caption": "caption", "depth": "depth", "pose": "pose", "generate": "sd",
-                    "generate_depth": "sd", "generate_pose": "sd", "generate_canny": "sd", "score": "clip",
-                    "upscale": "upscale"}
+PIPELINE_STAGES = {
+    "generate": "sd",
+    "concepts": "clip",
+    "segment": "sam",
+    "describe_regions": "clip",
+    "depth": "depth",
+    "pose": "pose",
+}
+INTERPRET_STAGES = {
+    "caption": "caption",
+    "depth": "depth",
+    "pose": "pose",
+    "generate": "sd",
+    "generate_depth": "sd",
+    "generate_pose": "sd",
+    "generate_canny": "sd",
+    "score": "clip",
+    "upscale": "upscale",
+}
 JSON_TYPES = ("boolean", "integer", "number", "string", "array", "object")
 WRONG_VALUES: dict[str, list[Any]] = {
-    "boolean": [True, False], "integer": [7, -3], "number": [2.5, -0.75], "string": ["x", "12"],
-    "array": [[1], []], "object": [{"a": 1}, {}],
+    "boolean": [True, False],
+    "integer": [7, -3],
+    "number": [2.5, -0.75],
+    "string": ["x", "12"],
+    "array": [[1], []],
+    "object": [{"a": 1}, {}],
 }
 
 
 class Generator:
     """Valid and invalid requests for every POST path of ``document`` resolved against ``limits``."""
 
-    def __init__(self, document: dict[str, Any], limits: dict[str, dict[str, Any]],
-                 sd_default_size: tuple[int, int]):
+    def __init__(self, document: dict[str, Any], limits: dict[str, dict[str, Any]], sd_default_size: tuple[int, int]):
         self.document = with_limits(document, limits)
         self.limits = limits
         self.sd_default_size = sd_default_size
@@ -248,12 +306,17 @@ class Generator:
             return draw(integers_in(schema))
         if kind == "number":
             low, high = schema.get("minimum", -1e6), schema.get("maximum", 1e6)
-            return draw(st.one_of(st.integers(int(np.ceil(low)), int(np.floor(high))),
-                                  st.floats(low, high, allow_nan=False, allow_infinity=False)))
+            return draw(
+                st.one_of(
+                    st.integers(int(np.ceil(low)), int(np.floor(high))),
+                    st.floats(low, high, allow_nan=False, allow_infinity=False),
+                )
+            )
         if kind == "string":
             if schema.get("contentMediaType", "").startswith("image/"):
-                raw, _ = draw(image_files(int(schema.get("x-max-image-side", 64)),
-                                          int(schema.get("x-max-image-pixels", 4096))))
+                raw, _ = draw(
+                    image_files(int(schema.get("x-max-image-side", 64)), int(schema.get("x-max-image-pixels", 4096)))
+                )
                 return b64(raw)
             return draw(texts(schema))
         if kind == "array":
@@ -262,8 +325,11 @@ class Generator:
             count = draw(st.one_of(st.integers(low, high), st.just(high)))
             return [self.value(draw, schema["items"], bounds) for _ in range(count)]
         if kind == "object":
-            return {name: self.value(draw, prop, bounds) for name, prop in schema.get("properties", {}).items()
-                    if name in schema.get("required", []) or draw(st.booleans())}
+            return {
+                name: self.value(draw, prop, bounds)
+                for name, prop in schema.get("properties", {}).items()
+                if name in schema.get("required", []) or draw(st.booleans())
+            }
         raise ValueError(f"no generator for schema {schema}")
 
     def valid_body(self, draw: Any, path: str) -> dict[str, Any]:
@@ -325,22 +391,41 @@ class Generator:
             kinds.append("geometry")
         kind = draw(st.sampled_from(kinds))
         if kind == "unknown field":
-            name = draw(st.one_of(st.text(string.ascii_letters + "_", min_size=1, max_size=12),
-                                  st.sampled_from([n[:-1] for n in props if len(n) > 1] + ["promt", "Image"])))
+            name = draw(
+                st.one_of(
+                    st.text(string.ascii_letters + "_", min_size=1, max_size=12),
+                    st.sampled_from([n[:-1] for n in props if len(n) > 1] + ["promt", "Image"]),
+                )
+            )
             if name in props:
                 name += "_x"
-            return Probe(path, "invalid", "unknown field", field=name,
-                         json={**body, name: draw(st.sampled_from([1, "a", None, [], {}]))}, schema_invalid=True)
+            return Probe(
+                path,
+                "invalid",
+                "unknown field",
+                field=name,
+                json={**body, name: draw(st.sampled_from([1, "a", None, [], {}]))},
+                schema_invalid=True,
+            )
         if kind == "wrong type":
             name = draw(st.sampled_from(sorted(props)))
             allowed = self.json_types(props[name])
-            wrong = draw(st.sampled_from([v for t in JSON_TYPES if t not in allowed and not
-                                          (t == "integer" and "number" in allowed) for v in WRONG_VALUES[t]]))
+            wrong = draw(
+                st.sampled_from(
+                    [
+                        v
+                        for t in JSON_TYPES
+                        if t not in allowed and not (t == "integer" and "number" in allowed)
+                        for v in WRONG_VALUES[t]
+                    ]
+                )
+            )
             mutated = {**body, name: wrong}
             return self._invalid_field(path, f"wrong type {name}", name, mutated, body)
         if kind == "limit":
-            candidates = [(name, violation) for name in sorted(props)
-                          for violation in self.violations(draw, props[name], body)]
+            candidates = [
+                (name, violation) for name in sorted(props) for violation in self.violations(draw, props[name], body)
+            ]
             if candidates:
                 name, (label, bad) = draw(st.sampled_from(candidates))
                 return self._invalid_field(path, f"{label} {name}", name, {**body, name: bad}, body)
@@ -349,16 +434,24 @@ class Generator:
             required = list(request.get("required", [])) or [n for b in request.get("oneOf", []) for n in b["required"]]
             mutated = {k: v for k, v in body.items() if k not in required}
             # a field still present may be the first one refused (clip: reference_image without images)
-            return Probe(path, "invalid", "missing required", field=required[0],
-                         fields=tuple(dict.fromkeys([*required, *mutated])), json=mutated, schema_invalid=True)
+            return Probe(
+                path,
+                "invalid",
+                "missing required",
+                field=required[0],
+                fields=tuple(dict.fromkeys([*required, *mutated])),
+                json=mutated,
+                schema_invalid=True,
+            )
         if kind == "image":
             return self.bad_image(draw, path, body)
         if kind == "geometry":
             return self.bad_geometry(draw, path, body)
         return draw(bad_bodies(path, body))
 
-    def _invalid_field(self, path: str, what: str, name: str, mutated: dict[str, Any],
-                       original: dict[str, Any]) -> Probe:
+    def _invalid_field(
+        self, path: str, what: str, name: str, mutated: dict[str, Any], original: dict[str, Any]
+    ) -> Probe:
         fields: tuple[str, ...] = (name,)
         request = self.requests[path]
         if "oneOf" in request and name in {n for b in request["oneOf"] for n in b["required"]}:
@@ -413,11 +506,26 @@ class Generator:
     def bad_image(self, draw: Any, path: str, body: dict[str, Any]) -> Probe:
         side, pixels = self.image_limits(path)
         raw = _image_bytes(body["image"])
-        kind = draw(st.sampled_from(["truncated", "bit flips", "random bytes", "not base64", "over side",
-                                     "over pixels", "bomb", "zero size", "gif", "empty", "jpeg over side"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "truncated",
+                    "bit flips",
+                    "random bytes",
+                    "not base64",
+                    "over side",
+                    "over pixels",
+                    "bomb",
+                    "zero size",
+                    "gif",
+                    "empty",
+                    "jpeg over side",
+                ]
+            )
+        )
         status = 400
         if kind == "truncated":
-            bad = raw[:draw(st.integers(1, max(1, len(raw) // 2)))]
+            bad = raw[: draw(st.integers(1, max(1, len(raw) // 2)))]
         elif kind == "bit flips":
             flipped = bytearray(raw)
             for _ in range(draw(st.integers(1, 8))):
@@ -425,7 +533,7 @@ class Generator:
                 flipped[position] ^= 1 << draw(st.integers(0, 7))
             bad = bytes(flipped)
         elif kind == "random bytes":
-            bad = draw(st.binary(min_size=1, max_size=256)).lstrip(b"{[\" \t\r\n") or b"\x00"
+            bad = draw(st.binary(min_size=1, max_size=256)).lstrip(b'{[" \t\r\n') or b"\x00"
         elif kind == "over side":
             bad, status = png_header(side + draw(st.integers(1, 1000)), 1), 413
         elif kind == "over pixels" and side * side > pixels:
@@ -451,8 +559,15 @@ class Generator:
         else:
             value = b64(bad)
         if self.takes_raw_images(path) and set(body) == {"image"} and bad and draw(st.booleans()):
-            return Probe(path, probe_kind, f"image {kind} (raw)", field="image", fields=("image", "body"), data=bad,
-                         status=status)
+            return Probe(
+                path,
+                probe_kind,
+                f"image {kind} (raw)",
+                field="image",
+                fields=("image", "body"),
+                data=bad,
+                status=status,
+            )
         return Probe(path, probe_kind, f"image {kind}", field="image", json={**body, "image": value}, status=status)
 
     def bad_geometry(self, draw: Any, path: str, body: dict[str, Any]) -> Probe:
@@ -525,6 +640,7 @@ def texts(draw: Any, schema: dict[str, Any]) -> str:
 @st.composite
 def boxes(draw: Any, bounds: tuple[int, int]) -> list[float]:
     width, height = bounds
+
     def edges(size: int) -> tuple[float, float]:
         a = draw(st.one_of(st.integers(0, size), st.floats(0, size, allow_nan=False)))
         b = draw(st.one_of(st.integers(0, size), st.floats(0, size, allow_nan=False)))
@@ -532,6 +648,7 @@ def boxes(draw: Any, bounds: tuple[int, int]) -> list[float]:
         if high - low <= 0:
             low, high = (0, size) if size > 0 else (0, 1)
         return low, high
+
     x1, x2 = edges(width)
     y1, y2 = edges(height)
     return [x1, y1, x2, y2]
@@ -540,8 +657,10 @@ def boxes(draw: Any, bounds: tuple[int, int]) -> list[float]:
 @st.composite
 def points(draw: Any, bounds: tuple[int, int]) -> list[float]:
     width, height = bounds
-    return [draw(st.one_of(st.integers(0, width), st.floats(0, width, allow_nan=False))),
-            draw(st.one_of(st.integers(0, height), st.floats(0, height, allow_nan=False)))]
+    return [
+        draw(st.one_of(st.integers(0, width), st.floats(0, width, allow_nan=False))),
+        draw(st.one_of(st.integers(0, height), st.floats(0, height, allow_nan=False))),
+    ]
 
 
 @st.composite
@@ -553,7 +672,7 @@ def bad_bodies(draw: Any, path: str, body: dict[str, Any]) -> Probe:
     headers = {"Content-Type": "application/json"}
     fields: tuple[str, ...] = ("body",)
     if kind == "broken":
-        data = text[:draw(st.integers(1, max(1, len(text) - 1)))]
+        data = text[: draw(st.integers(1, max(1, len(text) - 1)))]
     elif kind == "array":
         data = f"[{text}]"
     elif kind == "scalar":
@@ -628,7 +747,10 @@ def _fix_interpret(generator: Generator, body: dict[str, Any], draw: Any) -> Non
 
 
 FIXERS: dict[str, Callable[[Generator, dict[str, Any], Any], None]] = {
-    "sd": _fix_sd, "sam": _fix_sam, "pipeline": _fix_pipeline, "interpret": _fix_interpret,
+    "sd": _fix_sd,
+    "sam": _fix_sam,
+    "pipeline": _fix_pipeline,
+    "interpret": _fix_interpret,
 }
 
 

@@ -13,6 +13,7 @@ A new endpoint in docs/openapi.yaml is fuzzed with no change here; a cross-field
 (that JSON Schema cannot say) goes into fuzz.py's FIXERS. FUZZ_REQUESTS and FUZZ_SEED (environment)
 change the count (default 2100) and the Hypothesis seed (default 13); the summary prints both.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,8 @@ pytestmark = pytest.mark.fuzz
 
 REQUESTS = int(os.environ.get("FUZZ_REQUESTS", "2100"))
 SEED = int(os.environ.get("FUZZ_SEED", "13"))
-IN_FLIGHT = 8             # concurrent requests (so bad and good ones share batches)
-CLIENT_TIMEOUT = 300      # s; the longest a tiny request may take under the storm
+IN_FLIGHT = 8  # concurrent requests (so bad and good ones share batches)
+CLIENT_TIMEOUT = 300  # s; the longest a tiny request may take under the storm
 WORKFLOW = "/wfpredict/pipeline"
 # how often each endpoint is drawn; the pipeline paths and interpret call every model, so they are drawn less
 WEIGHTS = {"/predictions/pipeline": 1, WORKFLOW: 1, "/predictions/interpret": 1}
@@ -58,8 +59,8 @@ class Answer:
 class Verdict:
     probe: Probe
     status: int | None
-    problem: str | None   # why the answer broke the contract
-    seen: Counter         # what came back (for the summary)
+    problem: str | None  # why the answer broke the contract
+    seen: Counter  # what came back (for the summary)
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +223,7 @@ def test_fuzzed_requests_get_200_or_a_4xx_naming_the_field_and_restart_nothing(f
     sd_config = limits.get("sd")
     assert sd_config is not None, "the fuzz server serves sd"
     from robustness.fuzz import FUZZ_OVERRIDES
+
     sd_handler = FUZZ_OVERRIDES["sd"]["handler"]
     generator = Generator(document, limits, (sd_handler["width"], sd_handler["height"]))
     paths = [f"/predictions/{name}" for name in names] + ([WORKFLOW] if workflow else [])
@@ -251,9 +253,15 @@ def test_fuzzed_requests_get_200_or_a_4xx_naming_the_field_and_restart_nothing(f
         return Verdict(probe, answer.status, judge(generator, answer, seen), seen)
 
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
+
         @seed(SEED)
-        @settings(max_examples=REQUESTS, phases=[Phase.generate], database=None, deadline=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=REQUESTS,
+            phases=[Phase.generate],
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(probes(generator, paths))
         def storm(probe: Probe) -> None:
             problem = generator_problem(generator, probe)
@@ -275,11 +283,13 @@ def test_fuzzed_requests_get_200_or_a_4xx_naming_the_field_and_restart_nothing(f
 
     by_path = Counter((a.probe.path, a.probe.kind, a.status) for a in answers)
     distinct = len({answer.probe.describe() for answer in answers})
-    print(f"\nfuzz: {len(answers)} requests ({distinct} distinct, seed {SEED}) in {seconds:.0f}s = "
-          f"{len(answers) / seconds:.1f} req/s, "
-          f"{IN_FLIGHT} in flight; {len(problems)} problems, {len(generator_problems)} generator/schema "
-          f"disagreements, worker restarts: {restarts or 0}; the server used {server_cpu:.0f} CPU s "
-          f"({1000 * server_cpu / len(answers):.0f} ms a request)")
+    print(
+        f"\nfuzz: {len(answers)} requests ({distinct} distinct, seed {SEED}) in {seconds:.0f}s = "
+        f"{len(answers) / seconds:.1f} req/s, "
+        f"{IN_FLIGHT} in flight; {len(problems)} problems, {len(generator_problems)} generator/schema "
+        f"disagreements, worker restarts: {restarts or 0}; the server used {server_cpu:.0f} CPU s "
+        f"({1000 * server_cpu / len(answers):.0f} ms a request)"
+    )
     for path in paths + sorted({a.probe.path for a in answers} - set(paths)):
         row = {f"{kind} {status}": count for (p, kind, status), count in sorted(by_path.items(), key=str) if p == path}
         print(f"  {path:<24} {row}")
@@ -296,8 +306,9 @@ def test_fuzzed_requests_get_200_or_a_4xx_naming_the_field_and_restart_nothing(f
 
     # after the storm every endpoint still answers a good request
     @seed(SEED)
-    @settings(max_examples=1, phases=[Phase.generate], database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=1, phases=[Phase.generate], database=None, deadline=None, suppress_health_check=list(HealthCheck)
+    )
     @given(st.data())
     def good_requests(data: Any) -> None:
         session = requests.Session()

@@ -1,5 +1,6 @@
 """A studio under test: a real ``python -m studio serve`` process on a free loopback port with its own
 data folder and a yaml pointing at a real TorchServe; and the page's steps over HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -17,26 +18,39 @@ from server import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 OUTPUTS = REPO / "outputs"
 
 
 class StudioProcess:
     """One studio: its yaml (studio/studio.yaml with the port, data folder and TorchServe changed)."""
 
-    def __init__(self, root: Path, inference_url: str, management_url: str, key_file: Path | None,
-                 **limits: Any):
+    def __init__(self, root: Path, inference_url: str, management_url: str, key_file: Path | None, **limits: Any):
         self.root = root
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = root / "data"
         config = yaml.safe_load((REPO / "studio" / "studio.yaml").read_text())
-        config.update(port=self.port, data_dir=str(self.data_dir),
-                      interpret_config=str(REPO / "models" / "interpret" / "model-config.yaml"))
-        config["torchserve"].update(inference_url=inference_url, management_url=management_url,
-                                    key_file=str(key_file) if key_file else str(root / "no_key_file.json"),
-                                    config_properties=None)
+        config.update(
+            port=self.port,
+            data_dir=str(self.data_dir),
+            interpret_config=str(REPO / "models" / "interpret" / "model-config.yaml"),
+        )
+        config["torchserve"].update(
+            inference_url=inference_url,
+            management_url=management_url,
+            key_file=str(key_file) if key_file else str(root / "no_key_file.json"),
+            config_properties=None,
+        )
         config["limits"].update(limits)
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "studio.yaml"
@@ -44,9 +58,14 @@ class StudioProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> StudioProcess:
-        self.log = open(self.root / "studio.log", "a")  # noqa: SIM115  (closed by stop)
-        self.process = subprocess.Popen([sys.executable, "-m", "studio", "--config", str(self.config), "serve"],
-                                        cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.log = open(self.root / "studio.log", "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "studio", "--config", str(self.config), "serve"],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -96,8 +115,17 @@ class StudioProcess:
         priors = form.pop("priors", ["depth", "pose", "canny"])
         for prior in priors:
             self.api("GET", f"/api/drafts/{draft['draft_id']}/priors/{prior}")
-        body = {"draft_id": draft["draft_id"], "started_by": started_by, "priors": priors, "mode": "each",
-                "samples": 1, "seed": 3, "steps": 1, "caption": caption, **form}
+        body = {
+            "draft_id": draft["draft_id"],
+            "started_by": started_by,
+            "priors": priors,
+            "mode": "each",
+            "samples": 1,
+            "seed": 3,
+            "steps": 1,
+            "caption": caption,
+            **form,
+        }
         run_id = self.api("POST", "/api/runs", json=body)["run_id"]
         return self.wait_for_run(run_id)
 
@@ -105,5 +133,3 @@ class StudioProcess:
 def tokens(key_file: Path) -> list[str]:
     keys = json.loads(key_file.read_text())
     return [entry["key"] for entry in keys.values() if isinstance(entry, dict) and entry.get("key")]
-
-

@@ -1,5 +1,6 @@
 """The studio's data without a server: settings, schema migration, transactions that leave nothing
 half-way, and the imagefolder export (its layout and its content id)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,15 +28,38 @@ def png(color: tuple[int, int, int], size: int = 16) -> bytes:
 
 def finished_run(store: Store, caption: str = "a red square", samples: int = 2) -> str:
     run_id = store.create_run(
-        started_by="ada", source=image_info(png((200, 0, 0))), source_kind="upload", source_name="red.png",
-        source_prompt=None, source_model=None, proposed_caption="a square", caption=caption, caption_edited=True,
+        started_by="ada",
+        source=image_info(png((200, 0, 0))),
+        source_kind="upload",
+        source_name="red.png",
+        source_prompt=None,
+        source_model=None,
+        proposed_caption="a square",
+        caption=caption,
+        caption_edited=True,
         settings={"priors": ["depth"], "mode": "each", "samples": samples},
-        priors={"depth": (image_info(png((90, 90, 90))), {"min": 0.0, "max": 1.0})})
+        priors={"depth": (image_info(png((90, 90, 90))), {"min": 0.0, "max": 1.0})},
+    )
     assert store.finish_run(
-        run_id, caption=caption, caption_edited=True, sd_model="sd 1.0", request_id="r1", best=1,
-        timings={"generate_depth": 0.1}, priors={},
-        samples=[{"image": image_info(png((0, 10 * i, 200))), "seed": 7, "priors": ["depth"],
-                  "scores": {"caption": 0.2 + i / 10, "source": 0.5}, "rank": samples - 1 - i} for i in range(samples)])
+        run_id,
+        caption=caption,
+        caption_edited=True,
+        sd_model="sd 1.0",
+        request_id="r1",
+        best=1,
+        timings={"generate_depth": 0.1},
+        priors={},
+        samples=[
+            {
+                "image": image_info(png((0, 10 * i, 200))),
+                "seed": 7,
+                "priors": ["depth"],
+                "scores": {"caption": 0.2 + i / 10, "source": 0.5},
+                "rank": samples - 1 - i,
+            }
+            for i in range(samples)
+        ],
+    )
     return run_id
 
 
@@ -71,10 +95,19 @@ def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path):
 def test_a_failed_run_creation_leaves_no_file_and_no_row(tmp_path):
     store = Store(tmp_path)
     with pytest.raises(sqlite3.IntegrityError):  # an unknown source_kind fails the INSERT after the files are written
-        store.create_run(started_by="", source=image_info(png((1, 2, 3))), source_kind="stolen", source_name=None,
-                         source_prompt=None, source_model=None, proposed_caption=None, caption=None,
-                         caption_edited=False, settings={},
-                         priors={"depth": (image_info(png((4, 5, 6))), {})})
+        store.create_run(
+            started_by="",
+            source=image_info(png((1, 2, 3))),
+            source_kind="stolen",
+            source_name=None,
+            source_prompt=None,
+            source_model=None,
+            proposed_caption=None,
+            caption=None,
+            caption_edited=False,
+            settings={},
+            priors={"depth": (image_info(png((4, 5, 6))), {})},
+        )
     assert files_under(store.images_dir) == []
     with store.connect() as db:
         assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
@@ -101,7 +134,9 @@ def test_choices_replace_that_persons_earlier_ones_only(tmp_path):
     store.set_choices(run_id, "grace", [(1, 5)])
     store.set_choices(run_id, "ada", [(1, 3)])
     assert [(c["chosen_by"], c["sample_idx"], c["rating"]) for c in store.run(run_id)["choices"]] == [
-        ("ada", 1, 3), ("grace", 1, 5)]
+        ("ada", 1, 3),
+        ("grace", 1, 5),
+    ]
     with pytest.raises(StoreError, match="sample 9"):
         store.set_choices(run_id, "ada", [(9, 3)])
     assert len(store.run(run_id)["choices"]) == 2  # the refused call changed nothing
@@ -115,16 +150,20 @@ def test_export_is_an_imagefolder_with_a_content_id(tmp_path):
     out = tmp_path / "dataset"
     manifest = export_dataset(store, out)
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
-    assert [(r["chosen_by"], r["sample_index"], r["rating"]) for r in rows] == [("ada", 0, 4), ("grace", 0, 5),
-                                                                                ("ada", 1, 2)]
+    assert [(r["chosen_by"], r["sample_index"], r["rating"]) for r in rows] == [
+        ("ada", 0, 4),
+        ("grace", 0, 5),
+        ("ada", 1, 2),
+    ]
     sample_files = {s["index"]: s["image_sha256"] for s in store.run(run_id)["samples"]}
     for row in rows:
         assert row["text"] == "a blue square on white" and row["run_id"] == run_id and row["caption_edited"]
         data = (out / row["file_name"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == sample_files[row["sample_index"]]
         Image.open(io.BytesIO(data)).verify()
-    files = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in out.iterdir()
-             if path.name != "export.json"}
+    files = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in out.iterdir() if path.name != "export.json"
+    }
     assert manifest["export_id"] == export_id(files) == json.loads((out / "export.json").read_text())["export_id"]
     assert manifest["rows"] == 3
     # the same choices give the same id; another choice another id

@@ -5,6 +5,7 @@ exported; bad uploads, TorchServe unreachable, and two people at once.
 The tiny profile's weights are random: captions are strings of random tokens and samples are noise. The
 tests assert what the studio promises (what is shown, sent, recorded and exported), not picture quality.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -102,18 +103,30 @@ def test_whole_flow_in_the_browser_survives_a_restart(server, make_studio, brows
     run = studio.api("GET", f"/api/runs/{run_id}")
     assert run["caption"] == "an astronaut in an orange suit" and run["caption_edited"] is True
     assert run["proposed_caption"] == proposed
-    assert run["settings"] == {"priors": ["depth", "canny"], "mode": "each", "samples": 2, "seed": 11, "steps": 1,
-                               "scales": {"depth": 0.8}}
+    assert run["settings"] == {
+        "priors": ["depth", "canny"],
+        "mode": "each",
+        "samples": 2,
+        "seed": 11,
+        "steps": 1,
+        "scales": {"depth": 0.8},
+    }
     assert set(run["priors"]) == {"depth", "canny"}
     assert all(prior["origin"] == "studio" for prior in run["priors"].values())  # shown, then sent as prior_images
     assert run["sd_model"]
     assert sorted((s["priors"], s["seed"]) for s in run["samples"]) == [
-        (["canny"], 11), (["canny"], 12), (["depth"], 11), (["depth"], 12)]
+        (["canny"], 11),
+        (["canny"], 12),
+        (["depth"], 11),
+        (["depth"], 12),
+    ]
     assert sorted(s["rank"] for s in run["samples"]) == [0, 1, 2, 3]
     assert sorted((c["sample_idx"], c["rating"], c["chosen_by"]) for c in run["choices"]) == sorted(
-        [(first, 5, "ada"), (second, 3, "ada")])
-    with Image.open(studio.data_dir / "images" / run["samples"][0]["image_sha256"][:2]
-                    / f"{run['samples'][0]['image_sha256']}.png") as sample:
+        [(first, 5, "ada"), (second, 3, "ada")]
+    )
+    with Image.open(
+        studio.data_dir / "images" / run["samples"][0]["image_sha256"][:2] / f"{run['samples'][0]['image_sha256']}.png"
+    ) as sample:
         assert sample.size == (128, 128)
 
     # the token never reached the browser
@@ -138,27 +151,40 @@ def test_whole_flow_in_the_browser_survives_a_restart(server, make_studio, brows
 
 def test_export_writes_the_chosen_samples_as_an_imagefolder(recorded, tmp_path):
     studio, run = recorded
-    studio.api("PUT", f"/api/runs/{run['id']}/choices", json={"chosen_by": "ada", "choices": [
-        {"sample": 0, "rating": 4}, {"sample": 1, "rating": 2}]})
-    studio.api("PUT", f"/api/runs/{run['id']}/choices", json={"chosen_by": "grace", "choices": [
-        {"sample": 1, "rating": 5}]})
+    studio.api(
+        "PUT",
+        f"/api/runs/{run['id']}/choices",
+        json={"chosen_by": "ada", "choices": [{"sample": 0, "rating": 4}, {"sample": 1, "rating": 2}]},
+    )
+    studio.api(
+        "PUT", f"/api/runs/{run['id']}/choices", json={"chosen_by": "grace", "choices": [{"sample": 1, "rating": 5}]}
+    )
     out = tmp_path / "dataset"
-    result = subprocess.run([str(REPO / "scripts" / "studio.sh"), "export", str(out)], capture_output=True, text=True,
-                            env={**os.environ, "STUDIO_CONFIG": str(studio.config), "TS_RUN_DIR": str(tmp_path)})
+    result = subprocess.run(
+        [str(REPO / "scripts" / "studio.sh"), "export", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "STUDIO_CONFIG": str(studio.config), "TS_RUN_DIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     manifest = json.loads((out / "export.json").read_text())
     assert printed["export_id"] == manifest["export_id"] and manifest["rows"] == 3
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [(r["chosen_by"], r["sample_index"], r["rating"]) for r in rows] == [
-        ("ada", 0, 4), ("ada", 1, 2), ("grace", 1, 5)]
+        ("ada", 0, 4),
+        ("ada", 1, 2),
+        ("grace", 1, 5),
+    ]
     recorded = {s["index"]: s["image_sha256"] for s in run["samples"]}
     for row in rows:
         assert row["text"] == run["caption"] and row["run_id"] == run["id"]
         data = (out / row["file_name"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == recorded[row["sample_index"]]
-    listing = "".join(f"{name} {hashlib.sha256((out / name).read_bytes()).hexdigest()}\n"
-                      for name in sorted(path.name for path in out.iterdir() if path.name != "export.json"))
+    listing = "".join(
+        f"{name} {hashlib.sha256((out / name).read_bytes()).hexdigest()}\n"
+        for name in sorted(path.name for path in out.iterdir() if path.name != "export.json")
+    )
     assert manifest["export_id"] == hashlib.sha256(listing.encode()).hexdigest()
 
 
@@ -195,8 +221,9 @@ def test_bad_input_gets_a_clear_message_and_stores_nothing(server, make_studio, 
     page.evaluate("document.querySelector('#caption').dataset.max = 100000")  # past the page's own check
     page.click("#interpret-button")
     page.wait_for_function("document.querySelector('#message').innerText.startsWith('caption:')")
-    assert page.inner_text("#message") == ("caption: is 301 characters; at most 300 "
-                                           "(interpret's limits.max_caption_length)")
+    assert page.inner_text("#message") == (
+        "caption: is 301 characters; at most 300 (interpret's limits.max_caption_length)"
+    )
     assert studio.api("GET", "/api/runs")["runs"] == []
     assert [p for p in (studio.data_dir / "images").rglob("*") if p.is_file()] == []
 
@@ -257,13 +284,19 @@ def test_two_people_at_once_both_have_their_runs_and_choices(server, make_studio
     def choice(run_id: str, name: str, sample: int, rating: int) -> None:
         try:
             choose.wait(timeout=30)
-            studio.api("PUT", f"/api/runs/{run_id}/choices", json={
-                "chosen_by": name, "choices": [{"sample": sample, "rating": rating}]})
+            studio.api(
+                "PUT",
+                f"/api/runs/{run_id}/choices",
+                json={"chosen_by": name, "choices": [{"sample": sample, "rating": rating}]},
+            )
         except BaseException as exc:
             errors.append(exc)
 
-    plan = [(runs[owner]["id"], name, sample, rating) for owner in ("ada", "grace")
-            for name, sample, rating in (("ada", 0, 4), ("grace", 1, 5))]
+    plan = [
+        (runs[owner]["id"], name, sample, rating)
+        for owner in ("ada", "grace")
+        for name, sample, rating in (("ada", 0, 4), ("grace", 1, 5))
+    ]
     threads = [threading.Thread(target=choice, args=args) for args in plan]
     for thread in threads:
         thread.start()
@@ -276,7 +309,9 @@ def test_two_people_at_once_both_have_their_runs_and_choices(server, make_studio
         run = studio.api("GET", f"/api/runs/{runs[owner]['id']}")
         assert run["settings"]["seed"] == {"ada": 1, "grace": 2}[owner]
         assert sorted((c["chosen_by"], c["sample_idx"], c["rating"]) for c in run["choices"]) == [
-            ("ada", 0, 4), ("grace", 1, 5)]
+            ("ada", 0, 4),
+            ("grace", 1, 5),
+        ]
 
 
 def test_a_run_can_be_cancelled_and_deleted(server, make_studio, browser, picture):
@@ -297,8 +332,11 @@ def test_a_run_can_be_cancelled_and_deleted(server, make_studio, browser, pictur
     assert run["status"] == "cancelled" and run["samples"] == []
     # a run in flight when the studio stops is recorded as interrupted, not left running
     draft = studio.api("POST", "/api/drafts", files={"image": ("p.png", picture, "image/png")})
-    interrupted = studio.api("POST", "/api/runs", json={"draft_id": draft["draft_id"], "priors": ["depth"],
-                                                        "mode": "each", "samples": 1, "steps": 20})["run_id"]
+    interrupted = studio.api(
+        "POST",
+        "/api/runs",
+        json={"draft_id": draft["draft_id"], "priors": ["depth"], "mode": "each", "samples": 1, "steps": 20},
+    )["run_id"]
     studio.restart()
     run = studio.api("GET", f"/api/runs/{interrupted}")
     assert run["status"] == "interrupted" and run["error"] == "the studio stopped while this run was in progress"

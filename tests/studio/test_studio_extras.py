@@ -1,6 +1,7 @@
 """The studio's after-a-run actions in a real browser against the session's tiny TorchServe: a sample
 upscaled x4, and the frames between two samples of the same priors, whose end frames are those two
 samples; refusals name the field."""
+
 from __future__ import annotations
 
 import base64
@@ -43,8 +44,10 @@ def test_upscale_and_interpolate_from_the_run_page(recorded, browser):
     # the page lists samples by rank: the walk goes from the higher-ranked checked sample to the other
     first, second = page.eval_on_selector_all("input[name=chosen]:checked", "boxes => boxes.map(b => Number(b.value))")
     assert page.inner_text("#extras-title") == f"3 frames from sample {first} to {second}"
-    frames = [base64.b64decode(src.split(",", 1)[1]) for src in page.eval_on_selector_all(
-        "#extras-images img", "images => images.map(image => image.src)")]
+    frames = [
+        base64.b64decode(src.split(",", 1)[1])
+        for src in page.eval_on_selector_all("#extras-images img", "images => images.map(image => image.src)")
+    ]
     by_index = {sample["index"]: sample for sample in run["samples"]}
     # the walk starts and ends at the two samples themselves: same seeds, caption and control
     assert pixels(frames[0]) == pixels(stored(studio, by_index[first]["image_sha256"]))
@@ -53,8 +56,12 @@ def test_upscale_and_interpolate_from_the_run_page(recorded, browser):
 
 def test_refusals_name_the_field(recorded):
     studio, run = recorded
-    for body, field in [({"samples": [0], "frames": 3}, "samples"), ({"samples": [0, 1]}, "frames"),
-                        ({"samples": [0, 1], "frames": 1}, "frames"), ({"samples": [0, 99], "frames": 3}, "samples")]:
+    for body, field in [
+        ({"samples": [0], "frames": 3}, "samples"),
+        ({"samples": [0, 1]}, "frames"),
+        ({"samples": [0, 1], "frames": 1}, "frames"),
+        ({"samples": [0, 99], "frames": 3}, "samples"),
+    ]:
         response = requests.post(f"{studio.url}/api/runs/{run['id']}/interpolate", json=body, timeout=60)
         assert 400 <= response.status_code < 500 and response.json()["message"].startswith(f"{field}: "), response.text
     response = requests.post(f"{studio.url}/api/runs/{run['id']}/samples/99/upscale", timeout=60)

@@ -1,5 +1,6 @@
 """Request rows -> payloads: what every handler's parse starts from (found by the fuzzer: a body of
 spaces was read as an image and refused as `image: is not a PNG or JPEG image`)."""
+
 import pytest
 
 from handlers.common import InputError, read_payload

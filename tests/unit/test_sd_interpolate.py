@@ -1,6 +1,7 @@
 """`sd` with `interpolate`, in-process on the tiny weights: the end frames are the plain generations
 pixel for pixel, the frames run as one call, a plain request batched beside them is unchanged, and
 every interpolate field's bad input is a 4xx naming it."""
+
 import base64
 
 import pytest
@@ -29,13 +30,17 @@ def plain(sd, prompt, seed, **fields) -> bytes:
     return images(body)[0]
 
 
-@pytest.mark.parametrize("fields", [{}, {"scheduler": "euler_a", "guidance_scale": 1.0},
-                                    {"control": [{"type": "depth", "image": DEPTH}]}],
-                         ids=["dpm++-guided", "euler_a-unguided", "control"])
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"scheduler": "euler_a", "guidance_scale": 1.0}, {"control": [{"type": "depth", "image": DEPTH}]}],
+    ids=["dpm++-guided", "euler_a-unguided", "control"],
+)
 def test_end_frames_are_the_plain_generations_pixel_for_pixel(sd, fields):
     before = sd.pipeline_calls
-    [(status, body)] = run_batch(sd, [{"interpolate": {"seeds": [3, 11], "prompts": ["a cat", "a red car"],
-                                                       "frames": 4}, "steps": STEPS, **fields}])
+    [(status, body)] = run_batch(
+        sd,
+        [{"interpolate": {"seeds": [3, 11], "prompts": ["a cat", "a red car"], "frames": 4}, "steps": STEPS, **fields}],
+    )
     assert status == 200, body
     assert sd.pipeline_calls == before + 1  # the frames are one batch
     frames = images(body)
@@ -53,24 +58,36 @@ def test_without_prompts_both_ends_use_the_empty_prompt(sd):
     settings = sd.settings
     for frame, seed in zip(images(body), (1, 2)):
         image = sd.pipeline(settings.scheduler)(
-            "", negative_prompt=settings.negative_prompt, num_inference_steps=STEPS,
-            guidance_scale=settings.guidance_scale, width=64, height=64,
-            generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+            "",
+            negative_prompt=settings.negative_prompt,
+            num_inference_steps=STEPS,
+            guidance_scale=settings.guidance_scale,
+            width=64,
+            height=64,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images[0]
         assert decode_png(base64.b64encode(frame).decode()).tobytes() == image.tobytes()
 
 
 def test_a_plain_request_batched_beside_an_interpolation_is_unchanged(sd):
     alone = plain(sd, "a boat", 5)
-    results = run_batch(sd, [{"prompt": "a boat", "seed": 5, "steps": STEPS},
-                             {"interpolate": {"seeds": [5, 6], "frames": 3}, "steps": STEPS}])
+    results = run_batch(
+        sd,
+        [
+            {"prompt": "a boat", "seed": 5, "steps": STEPS},
+            {"interpolate": {"seeds": [5, 6], "frames": 3}, "steps": STEPS},
+        ],
+    )
     assert [status for status, _ in results] == [200, 200]
     assert images(results[0][1]) == [alone]
     assert len(results[1][1]["images"]) == 3
 
 
 def test_slerp_keeps_the_ends_and_the_norm_of_gaussian_noise():
-    a, b = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.randn(
-        4, 8, 8, generator=torch.Generator().manual_seed(1))
+    a, b = (
+        torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(1)),
+    )
     assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
     middle = slerp(a, b, 0.5)
     smaller, larger = sorted((a.norm(), b.norm()))
@@ -100,8 +117,9 @@ BAD = [
 
 
 def test_bad_interpolate_input_names_the_field(sd):
-    results = run_batch(sd, [body for body, _ in BAD] + [{"interpolate": {"seeds": [1, 2], "frames": 2},
-                                                          "steps": STEPS}])
+    results = run_batch(
+        sd, [body for body, _ in BAD] + [{"interpolate": {"seeds": [1, 2], "frames": 2}, "steps": STEPS}]
+    )
     for (status, body), (_, field) in zip(results, BAD):
         assert 400 <= status < 500, (field, body)
         assert body["message"].startswith(f"{field}: "), (field, body)
