@@ -241,7 +241,10 @@ def pad_to_multiple(image: Image.Image, multiple: int) -> Image.Image:
     """``image`` grown on the right and bottom to sides that are multiples of ``multiple``, by
     repeating its last column and row (no new content at the border the upscaler could invent on)."""
     width, height = image.size
-    pad_x, pad_y = -width % multiple, -height % multiple
+    # at least two multiples a side: at one, the UNet's innermost level is 1x1 and its GroupNorm has a
+    # single value per group, which torch refuses (found by the fuzzer with 1-4 px inputs)
+    pad_x = max(-width % multiple, 2 * multiple - width)
+    pad_y = max(-height % multiple, 2 * multiple - height)
     if not pad_x and not pad_y:
         return image
     array = np.pad(np.asarray(image), ((0, pad_y), (0, pad_x), (0, 0)), mode="edge")

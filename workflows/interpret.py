@@ -193,7 +193,7 @@ def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> Inter
 def _sd_version(payload: dict[str, Any], limits: InterpretLimits) -> str | None:
     """A TorchServe version of sd (scripts/deploy_version.sh prints it), so a person sees base and adapter."""
     version = get_str(payload, "sd_version", max_len=limits.max_version_length)
-    if version is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*", version):
+    if version is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", version):
         raise InputError("sd_version", f"must be a version name (letters, digits, '.', '_', '-'), got {version!r}")
     return version
 

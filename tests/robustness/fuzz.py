@@ -744,6 +744,8 @@ def _fix_interpret(generator: Generator, body: dict[str, Any], draw: Any) -> Non
     schema = generator.requests["/predictions/interpret"]
     if "width" in body and body["width"] * body["height"] > schema["x-max-pixels"]:
         del body["width"], body["height"]
+    if "sd_version" in body:  # valid only when registered: the fuzz server has sd's base version alone
+        body["sd_version"] = "1.0"
 
 
 FIXERS: dict[str, Callable[[Generator, dict[str, Any], Any], None]] = {
