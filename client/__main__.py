@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import ApiError, BaseClient, Client
 from .render import b64_image, overlay_masks, save_interpret, save_json, save_pipeline
+from .rest import drop_none
 
 
 def _image_arg(parser: argparse.ArgumentParser) -> None:
@@ -198,17 +199,15 @@ def _progress(text: str) -> None:
 def _run(client: BaseClient, args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.command == "generate":
-        options = {
-            k: v
-            for k, v in {
+        options = drop_none(
+            {
                 "seed": args.seed,
                 "steps": args.steps,
                 "width": args.width,
                 "height": args.height,
                 "negative_prompt": args.negative_prompt,
-            }.items()
-            if v is not None
-        }
+            }
+        )
         if args.control:
             from .rest import control_entries
 
@@ -264,7 +263,7 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
 
         from handlers.common.edges import canny_edges
 
-        thresholds = {k: v for k, v in {"low": args.low, "high": args.high}.items() if v is not None}
+        thresholds = drop_none({"low": args.low, "high": args.high})
         canny_edges(Image.open(args.image), **thresholds).save(_mkdir(out) / "canny_control.png")
         print(out / "canny_control.png")
     elif args.command == "caption":
@@ -275,9 +274,8 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         if (args.prompt is None) == (args.image is None):
             print("error: give a prompt or --image, not both", file=sys.stderr)
             return 2
-        options = {
-            k: v
-            for k, v in {
+        options = drop_none(
+            {
                 "texts": args.texts,
                 "roi": args.roi,
                 "priors": args.priors,
@@ -285,9 +283,8 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
                 "steps": args.steps,
                 "width": args.width,
                 "height": args.height,
-            }.items()
-            if v is not None
-        }
+            }
+        )
         if args.stream:
             result = _follow(
                 client.pipeline_stream(prompt=args.prompt, image=args.image, **options),
@@ -301,9 +298,8 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         for path in save_pipeline(result, out, args.name):
             print(path)
     elif args.command == "interpret":
-        options = {
-            k: v
-            for k, v in {
+        options = drop_none(
+            {
                 "caption": args.caption,
                 "priors": args.priors,
                 "mode": args.mode,
@@ -312,9 +308,8 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
                 "steps": args.steps,
                 "width": args.width,
                 "height": args.height,
-            }.items()
-            if v is not None
-        }
+            }
+        )
         if args.scale:
             options["scales"] = {prior: float(value) for prior, value in _pairs(args.scale, "--scale")}
         if args.prior_image:
@@ -339,24 +334,20 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         for path in save_interpret(result, Image.open(args.image), out, args.name):
             print(path)
     elif args.command == "upscale":
-        options = {
-            k: v
-            for k, v in {
+        options = drop_none(
+            {
                 "prompt": args.prompt,
                 "steps": args.steps,
                 "noise_level": args.noise_level,
                 "seed": args.seed,
-            }.items()
-            if v is not None
-        }
+            }
+        )
         result = client.upscale(args.image, **options)
         path = _mkdir(out) / f"{args.image.stem}_x4.png"
         b64_image(result["image"]).save(path)
         print(path)
     elif args.command == "interpolate":
-        options = {
-            k: v for k, v in {"steps": args.steps, "width": args.width, "height": args.height}.items() if v is not None
-        }
+        options = drop_none({"steps": args.steps, "width": args.width, "height": args.height})
         result = client.interpolate(args.seeds, args.frames, args.prompts, **options)
         frames = [b64_image(image).convert("RGB") for image in result["images"]]
         _mkdir(out)

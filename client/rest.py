@@ -109,16 +109,16 @@ class BaseClient:
     def concepts(
         self, image: ImageInput, texts: list[str] | None = None, roi: list[list[float]] | None = None
     ) -> dict[str, Any]:
-        return self.predict("clip", _drop_none({"image": encode_image(image), "texts": texts, "roi": roi}))
+        return self.predict("clip", drop_none({"image": encode_image(image), "texts": texts, "roi": roi}))
 
     def segment(self, image: ImageInput, **prompts: Any) -> dict[str, Any]:
-        return self.predict("sam", _drop_none({"image": encode_image(image), **prompts}))
+        return self.predict("sam", drop_none({"image": encode_image(image), **prompts}))
 
     def depth(self, image: ImageInput) -> dict[str, Any]:
         return self.predict("depth", {"image": encode_image(image)})
 
     def pose(self, image: ImageInput, roi: list[list[float]] | None = None) -> dict[str, Any]:
-        return self.predict("pose", _drop_none({"image": encode_image(image), "roi": roi}))
+        return self.predict("pose", drop_none({"image": encode_image(image), "roi": roi}))
 
     def caption(
         self,
@@ -130,7 +130,7 @@ class BaseClient:
         """``{"caption", "model"}``; with ``prompt`` the caption continues it (and starts with it)."""
         return self.predict(
             "caption",
-            _drop_none(
+            drop_none(
                 {
                     "image": encode_image(image),
                     "prompt": prompt,
@@ -143,7 +143,7 @@ class BaseClient:
     def upscale(self, image: ImageInput, prompt: str | None = None, **options: Any) -> dict[str, Any]:
         """``{"image", "seed", "model"}``: ``image`` 4x larger; ``options``: steps, guidance_scale,
         noise_level, seed, tile."""
-        return self.predict("upscale", _drop_none({"image": encode_image(image), "prompt": prompt, **options}))
+        return self.predict("upscale", drop_none({"image": encode_image(image), "prompt": prompt, **options}))
 
     def interpolate(
         self,
@@ -154,9 +154,7 @@ class BaseClient:
     ) -> dict[str, Any]:
         """sd's ``interpolate``: ``images`` holds ``frames`` frames from ``seeds[0]`` (``prompts[0]``) to
         ``seeds[1]`` (``prompts[1]``); ``options``: sd's other fields (control, steps, width, ...)."""
-        interpolate = _drop_none(
-            {"seeds": list(seeds), "prompts": list(prompts) if prompts else None, "frames": frames}
-        )
+        interpolate = drop_none({"seeds": list(seeds), "prompts": list(prompts) if prompts else None, "frames": frames})
         body = _generate_body("", options)
         del body["prompt"]  # the prompts are interpolate's
         return self.predict("sd", {**body, "interpolate": interpolate})
@@ -291,7 +289,7 @@ def control_entries(
     if unknown:
         raise ValueError(f"a scale for {', '.join(unknown)} without a control image of that type")
     return [
-        _drop_none({"type": kind, "image": encode_image(image), "scale": (scales or {}).get(kind)})
+        drop_none({"type": kind, "image": encode_image(image), "scale": (scales or {}).get(kind)})
         for kind, image in images.items()
     ]
 
@@ -309,15 +307,16 @@ def _generate_body(prompt: str | list[str], options: dict[str, Any]) -> dict[str
 
 
 def _pipeline_body(prompt: str | None, image: ImageInput | None, options: dict[str, Any]) -> dict[str, Any]:
-    return _drop_none({"prompt": prompt, "image": encode_image(image) if image is not None else None, **options})
+    return drop_none({"prompt": prompt, "image": encode_image(image) if image is not None else None, **options})
 
 
 def _interpret_body(image: ImageInput, options: dict[str, Any]) -> dict[str, Any]:
     prior_images = options.pop("prior_images", None)
     if prior_images:
         options["prior_images"] = {name: encode_image(value) for name, value in prior_images.items()}
-    return _drop_none({"image": encode_image(image), **options})
+    return drop_none({"image": encode_image(image), **options})
 
 
-def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
+def drop_none(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without the fields left out (None): what a request sends of the options it was given."""
     return {key: value for key, value in body.items() if value is not None}
