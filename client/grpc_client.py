@@ -183,13 +183,20 @@ class GrpcClient(BaseClient):
         return json.loads(reply.msg)["models"]
 
     def describe(self, model: str) -> dict[str, Any]:
+        return self._describe(model, "")[0]
+
+    def every_version(self, model: str) -> list[dict[str, Any]]:
+        return self._describe(model, "all")
+
+    def _describe(self, model: str, version: str) -> list[dict[str, Any]]:
+        """DescribeModel: ``version`` "" is the default, "all" every version."""
         reply = self.call(
             "management",
             self.management.DescribeModel,
-            management_pb2.DescribeModelRequest(model_name=model),
-            f"DescribeModel({model})",
+            management_pb2.DescribeModelRequest(model_name=model, model_version=version),
+            f"DescribeModel({model}{'/' + version if version else ''})",
         )
-        return json.loads(reply.msg)[0]
+        return json.loads(reply.msg)
 
     def scale(self, model: str, min_workers: int, max_workers: int | None = None) -> dict[str, Any]:
         """ScaleWorker, synchronous: returns once the workers are up (or gone)."""

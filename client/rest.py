@@ -91,8 +91,19 @@ class BaseClient:
     def describe(self, model: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    def every_version(self, model: str) -> list[dict[str, Any]]:
+        """TorchServe's description of each registered version of ``model``."""
+        raise NotImplementedError
+
     def scale(self, model: str, min_workers: int, max_workers: int | None = None) -> Any:
         raise NotImplementedError
+
+    def versions(self, model: str) -> list[dict[str, Any]]:
+        """``{"version", "default"}`` for each registered version of ``model``, the default first
+        (TorchServe 0.12 does not mark it in the list: it is the version a plain describe answers)."""
+        default = self.describe(model)["modelVersion"]
+        named = [str(entry["modelVersion"]) for entry in self.every_version(model)]
+        return [{"version": name, "default": name == default} for name in sorted(named, key=lambda n: n != default)]
 
     # --- one method per endpoint ---------------------------------------------------------------
     def generate(self, prompt: str | list[str], version: str | None = None, **options: Any) -> dict[str, Any]:
@@ -150,14 +161,16 @@ class BaseClient:
         seeds: tuple[int, int] | list[int],
         frames: int,
         prompts: tuple[str, str] | list[str] | None = None,
+        version: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
         """sd's ``interpolate``: ``images`` holds ``frames`` frames from ``seeds[0]`` (``prompts[0]``) to
-        ``seeds[1]`` (``prompts[1]``); ``options``: sd's other fields (control, steps, width, ...)."""
+        ``seeds[1]`` (``prompts[1]``); ``options``: sd's other fields (control, steps, width, ...);
+        ``version``: one of sd's versions, as in :meth:`generate`."""
         interpolate = drop_none({"seeds": list(seeds), "prompts": list(prompts) if prompts else None, "frames": frames})
         body = _generate_body("", options)
         del body["prompt"]  # the prompts are interpolate's
-        return self.predict("sd", {**body, "interpolate": interpolate})
+        return self.predict(versioned("sd", version), {**body, "interpolate": interpolate})
 
     def pipeline(
         self, prompt: str | None = None, image: ImageInput | None = None, workflow: bool = False, **options: Any
@@ -260,6 +273,9 @@ class Client(BaseClient):
 
     def describe(self, model: str) -> dict[str, Any]:
         return self.call("management", "GET", f"/models/{model}")[0]
+
+    def every_version(self, model: str) -> list[dict[str, Any]]:
+        return self.call("management", "GET", f"/models/{model}/all")
 
     def scale(self, model: str, min_workers: int, max_workers: int | None = None) -> dict[str, Any]:
         return self.call(

@@ -73,6 +73,7 @@ def create_app(settings: StudioSettings) -> FastAPI:
                 "runs": studio.store.runs(),
                 "priors": PRIORS,
                 "interpret": studio.interpret,
+                "sd_versions": studio.sd_versions() if healthy else [],
                 "healthy": healthy,
                 "health_message": health_message,
                 "progress": studio.progress(run_id) if run_id else [],

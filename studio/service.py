@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import secrets
 import socket
 import threading
 import time
@@ -69,6 +70,12 @@ class Draft:
 
     def lock(self, key: str) -> threading.Lock:
         return self.locks.setdefault(key, threading.Lock())
+
+
+@dataclass(frozen=True)
+class SdVersion:
+    name: str  # TorchServe's modelVersion: 1.0 for the base, NAME-vVERSION for a fine-tune
+    default: bool  # the version /predictions/sd serves
 
 
 @dataclass
@@ -132,6 +139,14 @@ class Studio:
             f"TorchServe is not reachable at {self.inference_url} ({type(exc).__name__}); "
             "start it with scripts/serve.sh, then try again"
         )
+
+    def sd_versions(self) -> list[SdVersion]:
+        """sd's registered versions, the default first (management API); [] when TorchServe does not answer."""
+        try:
+            described = self.client(self.settings.torchserve.health_timeout_s).versions("sd")
+        except (requests.RequestException, ApiError):
+            return []
+        return [SdVersion(entry["version"], entry["default"]) for entry in described]
 
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """A client call; a model's refusal keeps its status and message, TorchServe down is a 503."""
@@ -266,6 +281,10 @@ class Studio:
         draft = self.draft(_text(form, "draft_id", 64, required=True))
         started_by = _text(form, "started_by", self.settings.limits.max_name_chars) or ""
         request = self._interpret_request(form, draft)
+        versions = self._sd_versions(form)
+        if len(versions) > 1 and "seed" not in request:
+            # the versions are compared on the same noise: one seed for all of them, chosen here
+            request["seed"] = secrets.randbelow(2**31)
         caption = request.get("caption")
         with self._runs_lock:
             active = [run for run in self._runs.values() if not run.done]
@@ -279,6 +298,8 @@ class Studio:
                 name: (prior.image, prior.details) for name, prior in draft.priors.items() if name in request["priors"]
             }
             settings = {key: value for key, value in request.items() if key not in ("image", "caption", "prior_images")}
+            if versions != [None]:
+                settings["sd_versions"] = versions
             run_id = self.store.create_run(
                 started_by=started_by,
                 source=draft.source,
@@ -295,9 +316,33 @@ class Studio:
             run = ActiveRun(run_id, time.monotonic())
             self._runs[run_id] = run
         threading.Thread(
-            target=self._interpret, args=(run, request), name=f"interpret-{run_id[:8]}", daemon=True
+            target=self._interpret, args=(run, request, versions), name=f"interpret-{run_id[:8]}", daemon=True
         ).start()
         return run_id
+
+    def _sd_versions(self, form: dict[str, Any]) -> list[str | None]:
+        """The sd versions the run compares, each one interpret call (None: the default, unnamed)."""
+        chosen = form.get("sd_versions")
+        if chosen in (None, []):
+            return [None]
+        if not isinstance(chosen, list) or not all(isinstance(name, str) for name in chosen):
+            raise StudioError(400, "sd_versions: must be a list of sd's version names")
+        limit = self.settings.limits.max_sd_versions
+        if len(chosen) > limit:
+            raise StudioError(
+                400, f"sd_versions: {len(chosen)} chosen; a run compares at most {limit} (limits.max_sd_versions)"
+            )
+        if len(set(chosen)) != len(chosen):
+            raise StudioError(400, "sd_versions: each version may be chosen once")
+        registered = [version.name for version in self.sd_versions()]
+        if not registered:
+            raise StudioError(503, f"sd_versions: cannot list sd's versions: {self.health()[1]}", kind="Unavailable")
+        for i, name in enumerate(chosen):
+            if name not in registered:
+                raise StudioError(
+                    400, f"sd_versions[{i}]: sd has no version {name[:80]!r}; registered: {', '.join(registered)}"
+                )
+        return list(chosen)
 
     def _interpret_request(self, form: dict[str, Any], draft: Draft) -> dict[str, Any]:
         limits = self.interpret.limits
@@ -363,45 +408,20 @@ class Studio:
             request["prior_images"] = shown
         return request
 
-    def _interpret(self, run: ActiveRun, request: dict[str, Any]) -> None:
-        """The run's thread: stream interpret, relay each stage to the page, record the result."""
-        timeouts = self.settings.torchserve
+    def _interpret(self, run: ActiveRun, request: dict[str, Any], versions: list[str | None]) -> None:
+        """The run's thread: one streamed interpret call per sd version, in turn (each relayed to the page
+        stage by stage), then the samples of all of them recorded together."""
         try:
-            client = self.client()
-            response = client.request(
-                "inference",
-                "POST",
-                "/predictions/interpret",
-                json={**request, "stream": True},
-                stream=True,
-                timeout=(timeouts.health_timeout_s, timeouts.stream_idle_timeout_s),
-            )
-            run.response = response
-            if run.cancelled:
-                return
-            if response.status_code >= 400:
-                try:
-                    body = response.json()
-                except ValueError:
-                    body = {"message": response.text[:300]}
-                raise StudioError(response.status_code, f"interpret: {body.get('message', body)}", kind="ModelError")
-            stream = JsonStream()
-            final: dict[str, Any] | None = None
-            for chunk in response.iter_content(chunk_size=None):
-                for event in stream.feed(chunk):
-                    if isinstance(event, dict) and "stage" in event:
-                        run.publish(_progress(event))
-                    elif isinstance(event, dict) and "samples" in event:
-                        final = event
-                    elif isinstance(event, dict) and "message" in event:
-                        raise StudioError(
-                            int(event.get("code") or 502), f"interpret: {event['message']}", kind="ModelError"
-                        )
-            if run.cancelled:
-                return
-            if final is None:
-                raise StudioError(502, "interpret: the stream ended without a response")
-            self._record(run, request, final)
+            finals: list[tuple[str | None, dict[str, Any]]] = []
+            for version in versions:
+                body = {**request, **({"sd_version": version} if version else {})}
+                if finals:
+                    body = _same_conditioning(body, finals[0][1])
+                final = self._interpret_call(run, body, version)
+                if final is None:
+                    return
+                finals.append((version, final))
+            self._record(run, request, finals)
         except Exception as exc:
             if run.cancelled:
                 return
@@ -413,29 +433,97 @@ class Studio:
                 message = f"interpret: {type(exc).__name__}: {exc}"
             self.store.end_run(run.id, "failed", message)
             run.publish({"stage": "end", "status": "failed", "message": message}, final=True)
+
+    def _interpret_call(self, run: ActiveRun, body: dict[str, Any], version: str | None) -> dict[str, Any] | None:
+        """One streamed interpret call: its final answer, or None when the run was cancelled meanwhile."""
+        timeouts = self.settings.torchserve
+        what = f"interpret (sd {version})" if version else "interpret"
+        try:
+            response = self.client().request(
+                "inference",
+                "POST",
+                "/predictions/interpret",
+                json={**body, "stream": True},
+                stream=True,
+                timeout=(timeouts.health_timeout_s, timeouts.stream_idle_timeout_s),
+            )
+            run.response = response
+            if run.cancelled:
+                return None
+            if response.status_code >= 400:
+                try:
+                    answer = response.json()
+                except ValueError:
+                    answer = {"message": response.text[:300]}
+                raise StudioError(response.status_code, f"{what}: {answer.get('message', answer)}", kind="ModelError")
+            stream = JsonStream()
+            final: dict[str, Any] | None = None
+            for chunk in response.iter_content(chunk_size=None):
+                for event in stream.feed(chunk):
+                    if isinstance(event, dict) and "stage" in event:
+                        run.publish({**_progress(event), **({"sd_version": version} if version else {})})
+                    elif isinstance(event, dict) and "samples" in event:
+                        final = event
+                    elif isinstance(event, dict) and "message" in event:
+                        raise StudioError(
+                            int(event.get("code") or 502), f"{what}: {event['message']}", kind="ModelError"
+                        )
+            if run.cancelled:
+                return None
+            if final is None:
+                raise StudioError(502, f"{what}: the stream ended without a response")
+            return final
         finally:
             if run.response is not None:
                 run.response.close()
+                run.response = None
 
-    def _record(self, run: ActiveRun, request: dict[str, Any], final: dict[str, Any]) -> None:
-        samples = [{**sample, "image": image_info(base64.b64decode(sample["image"]))} for sample in final["samples"]]
+    def _record(
+        self, run: ActiveRun, request: dict[str, Any], answers: list[tuple[str | None, dict[str, Any]]]
+    ) -> None:
+        """The samples of every version's answer, in the order the versions were chosen, each named
+        ``sd@<version>`` as it was addressed (the base's own answers say only ``sd``); the caption, the
+        priors interpret computed and ``best`` are the first answer's (the others were given the same)."""
+        samples = []
+        models = []
+        finals = [final for _, final in answers]
+        for version, final in answers:
+            model = f"sd@{version}" if version else self._sd_model(final)
+            models.append(model)
+            for sample in final["samples"]:
+                samples.append(
+                    {
+                        **sample,
+                        "image": image_info(base64.b64decode(sample["image"])),
+                        "sd_model": model if version else sample.get("model") or model,
+                    }
+                )
+        first = finals[0]
         priors = {
             name: (
                 image_info(base64.b64decode(prior["control_image"])),
                 {k: v for k, v in prior.items() if k not in ("control_image", "supplied")},
             )
-            for name, prior in (final.get("priors") or {}).items()
+            for name, prior in (first.get("priors") or {}).items()
             if prior.get("control_image")
         }
-        caption = final.get("caption") or {}
+        caption = first.get("caption") or {}
+        if len(finals) == 1:
+            timings = first.get("timings") or {}
+        else:
+            timings = {
+                f"{model} {stage}": seconds
+                for model, final in zip(models, finals, strict=True)
+                for stage, seconds in (final.get("timings") or {}).items()
+            }
         stored = self.store.finish_run(
             run.id,
             caption=caption.get("text", request.get("caption")),
             caption_edited=bool(caption.get("edited", "caption" in request)),
-            sd_model=self._sd_model(final),
-            request_id=final.get("request_id"),
-            best=final.get("best"),
-            timings=final.get("timings") or {},
+            sd_model=", ".join(dict.fromkeys(model for model in models if model)) or None,
+            request_id=", ".join(str(final["request_id"]) for final in finals if final.get("request_id")) or None,
+            best=first.get("best"),
+            timings=timings,
             priors=priors,
             samples=samples,
         )
@@ -585,6 +673,12 @@ class Studio:
                 "samples: interpolate between two samples of the same priors "
                 f"({'+'.join(samples[0]['priors'])} and {'+'.join(samples[1]['priors'])} differ)",
             )
+        if samples[0]["sd_model"] != samples[1]["sd_model"]:
+            raise StudioError(
+                400,
+                "samples: interpolate between two samples of the same sd version "
+                f"({samples[0]['sd_model']} and {samples[1]['sd_model']} differ)",
+            )
         settings = run["settings"]
         control = [
             {
@@ -604,6 +698,7 @@ class Studio:
             [samples[0]["seed"], samples[1]["seed"]],
             frames,
             [caption, caption],
+            version=_version_of(samples[0]["sd_model"]),
             control=control,
             width=width,
             height=height,
@@ -615,6 +710,27 @@ class Studio:
 def _import_edges() -> None:
     with contextlib.suppress(ImportError):
         import handlers.common.edges  # noqa: F401
+
+
+def _version_of(sd_model: str | None) -> str | None:
+    """The version in sd's ``model`` answer ("sd@squares-v1"); None for the default ("sd")."""
+    return sd_model.split("@", 1)[1] if sd_model and "@" in sd_model else None
+
+
+def _same_conditioning(body: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
+    """A later version's call gets the caption and prior images the first call used, so that only the
+    weights differ between the versions' samples (and caption, depth and pose do not run again)."""
+    caption = (first.get("caption") or {}).get("text")
+    shown = {
+        name: prior["control_image"]
+        for name, prior in (first.get("priors") or {}).items()
+        if prior.get("control_image")
+    }
+    return {
+        **body,
+        **({"caption": caption} if caption and "caption" not in body else {}),
+        "prior_images": {**shown, **body.get("prior_images", {})},
+    }
 
 
 def _progress(event: dict[str, Any]) -> dict[str, Any]:

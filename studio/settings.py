@@ -39,6 +39,7 @@ class Limits(Settings):
     max_upload_bytes: int = Field(gt=0)
     max_name_chars: int = Field(gt=0)
     max_active_runs: int = Field(ge=1)
+    max_sd_versions: int = Field(ge=1)
     max_drafts: int = Field(ge=1)
 
 

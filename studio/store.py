@@ -90,6 +90,10 @@ MIGRATIONS: dict[int, str] = {
         UNIQUE (run_id, sample_idx, chosen_by)
     );
     """,
+    # 2: a run may compare several sd versions (one interpret call each): each sample names its own
+    2: """
+    ALTER TABLE samples ADD COLUMN sd_model TEXT;  -- the sd model/version that made it (NULL: the run's sd_model)
+    """,
 }
 LATEST_VERSION = max(MIGRATIONS)
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
@@ -294,7 +298,7 @@ class Store:
             for index, sample in enumerate(samples):
                 db.execute(
                     "INSERT INTO samples (run_id, idx, image_sha256, seed, priors, score_caption, score_source, "
-                    "rank) VALUES (?,?,?,?,?,?,?,?)",
+                    "rank, sd_model) VALUES (?,?,?,?,?,?,?,?,?)",
                     (
                         run_id,
                         index,
@@ -304,6 +308,7 @@ class Store:
                         sample["scores"].get("caption"),
                         sample["scores"].get("source"),
                         sample["rank"],
+                        sample.get("sd_model"),
                     ),
                 )
             db.execute(
@@ -368,6 +373,7 @@ class Store:
                     "priors": json.loads(s["priors"]),
                     "scores": {"caption": s["score_caption"], "source": s["score_source"]},
                     "rank": s["rank"],
+                    "sd_model": s["sd_model"] or row["sd_model"],
                 }
                 for s in db.execute("SELECT * FROM samples WHERE run_id = ? ORDER BY idx", (run_id,))
             ]
@@ -420,7 +426,7 @@ class Store:
             rows = db.execute(
                 "SELECT c.id AS choice_id, c.chosen_by, c.rating, c.created_at AS chosen_at, s.idx, s.seed, s.priors, "
                 "s.score_caption, s.score_source, s.rank, s.image_sha256, i.ext, r.id AS run_id, r.caption, "
-                "r.caption_edited, r.sd_model FROM choices c "
+                "r.caption_edited, COALESCE(s.sd_model, r.sd_model) AS sd_model FROM choices c "
                 "JOIN samples s ON s.run_id = c.run_id AND s.idx = c.sample_idx "
                 "JOIN runs r ON r.id = c.run_id JOIN images i ON i.sha256 = s.image_sha256 "
                 "ORDER BY r.created_at, r.id, s.idx, c.chosen_by"

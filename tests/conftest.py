@@ -1,5 +1,7 @@
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from served_models import (  # scripts/served_models.py (pytest.ini puts scripts/ on the path)
@@ -46,3 +48,32 @@ def server(model_store, tmp_path_factory):
         yield ts
     finally:
         ts.stop()
+
+
+# Debian's Chromium driven by Playwright (Playwright's own browser download does not work here), and a
+# picture: for the studio's tests and the fine-tune's side-by-side test.
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from studio_harness import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is not installed: apt-get install -y chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def picture() -> bytes:
+    """A real photograph (scikit-image's astronaut), small: the tiny models take it in milliseconds."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -136,10 +136,17 @@ async function interpret(event) {
     showMessage(`caption: is ${caption.value.trim().length} characters; at most ${max}`);
     return;
   }
+  const versions = $("#sd-versions");
+  if (versions && !$$("input:checked", versions).length) {
+    showMessage("sd_versions: choose at least one sd version");
+    return;
+  }
   const body = {
     draft_id: state.draftId, started_by: personName(), priors, scales,
     mode: $("input[name=mode]:checked", form).value, samples: Number(form.elements.samples.value),
     seed: form.elements.seed.value, steps: form.elements.steps.value, caption: caption.value,
+    sd_versions: $$("input[name=sd_versions]:checked, input[name=sd_versions][data-checked]", form)
+      .map((input) => input.value),
   };
   $("#interpret-button").disabled = true;
   try {
@@ -211,6 +218,7 @@ function follow() {
     if (event.stage === "caption") text = `caption: “${event.text}”${event.edited ? " (yours)" : ""}`;
     if (event.stage === "samples") text = `${event.count} samples made and scored; saving…`;
     if (event.supplied) text = `${event.stage}: the one shown above`;
+    if (event.sd_version) text = `sd ${event.sd_version} · ${text}`;
     item.textContent = text;
     stages.appendChild(item);
   };

@@ -4,6 +4,8 @@ set_default.sh promotes and rolls back, unregister.sh removes it, and serve.sh b
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import subprocess
@@ -163,69 +165,151 @@ def generate(server, path: str) -> str:
     return response.json()["images"][0]
 
 
-def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, trained):
+@pytest.fixture(scope="module")
+def deployed(server, trained):
+    """The fine-tune served by scripts/deploy_version.sh beside sd's default on the session's server
+    (the default's image for the fixed prompt taken first); removed with unregister.sh afterwards."""
     base_before = generate(server, "/predictions/sd")
-    deployed = script(
+    result = script(
         "deploy_version.sh",
         "squares",
         trained["summary"]["version"],
         server=server,
         env_extra={"DATA_DIR": str(trained["data_dir"])},
     )
-    assert deployed.returncode == 0, deployed.stderr[-3000:]
-    version = deployed.stdout.strip().splitlines()[-1]
-    assert version == f"squares-v{trained['summary']['version']}"
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = result.stdout.strip().splitlines()[-1]
     try:
-        listed = {entry["modelVersion"] for entry in server.get("management", "/models/sd/all").json()}
-        assert version in listed
-        adapted = generate(server, f"/predictions/sd/{version}")
-        assert adapted != base_before  # the adapter changes the image for the same seed and prompt
-        assert generate(server, "/predictions/sd") == base_before  # the default is untouched
-        # the client and the CLI reach a version over REST and gRPC
-        from client import Client, GrpcClient
-
-        rest = Client(server.url("inference"), server.url("management"), key_file=server.key_file)
-        grpc = GrpcClient(
-            inference_port=server.ports["grpc_inference"],
-            management_port=server.ports["grpc_management"],
-            key_file=server.key_file,
-            management_url=server.url("management"),
-        )
-        try:
-            for api in (rest, grpc):
-                answer = api.generate("a bright square", version=version, seed=5, steps=4)
-                assert answer["images"][0] == adapted and answer["model"] == f"sd@{version}"
-        finally:
-            grpc.close()
-        # interpret targets the version too, so a person sees base and adapter side by side
-        from harness import png_b64, sample_image
-
-        body = {"image": png_b64(sample_image(64, 64)), "priors": ["canny"], "samples": 1, "seed": 5, "steps": 2}
-        for target, model in ((None, "sd"), (version, f"sd@{version}")):
-            answer = server.post(
-                "inference",
-                "/predictions/interpret",
-                json={**body, **({"sd_version": target} if target else {})},
-                timeout=300,
-            )
-            assert answer.status_code == 200, answer.text
-            assert [sample["model"] for sample in answer.json()["samples"]] == [model]
-        refused = server.post("inference", "/predictions/interpret", json={**body, "sd_version": "no such/1"})
-        assert refused.status_code == 400 and refused.json()["message"].startswith("sd_version: ")
-
-        promoted = script("set_default.sh", "sd", version, server=server)
-        assert promoted.returncode == 0, promoted.stderr
-        assert generate(server, "/predictions/sd") == adapted
-        refused = script("unregister.sh", "sd", version, server=server)
-        assert refused.returncode != 0 and "default cannot be removed" in refused.stderr
-        rolled_back = script("set_default.sh", "sd", "1.0", server=server)
-        assert rolled_back.returncode == 0, rolled_back.stderr
-        assert generate(server, "/predictions/sd") == base_before
+        yield {"version": version, "base_before": base_before}
     finally:
         server.request("management", "PUT", "/models/sd/1.0/set-default")
         removed = script("unregister.sh", "sd", version, server=server)
     assert removed.returncode == 0, removed.stderr
     assert version not in {entry["modelVersion"] for entry in server.get("management", "/models/sd/all").json()}
+
+
+def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, trained, deployed):
+    version, base_before = deployed["version"], deployed["base_before"]
+    assert version == f"squares-v{trained['summary']['version']}"
+    listed = {entry["modelVersion"] for entry in server.get("management", "/models/sd/all").json()}
+    assert version in listed
+    adapted = generate(server, f"/predictions/sd/{version}")
+    assert adapted != base_before  # the adapter changes the image for the same seed and prompt
+    assert generate(server, "/predictions/sd") == base_before  # the default is untouched
+    # the client and the CLI reach a version over REST and gRPC, and list the versions
+    from client import Client, GrpcClient
+
+    rest = Client(server.url("inference"), server.url("management"), key_file=server.key_file)
+    grpc = GrpcClient(
+        inference_port=server.ports["grpc_inference"],
+        management_port=server.ports["grpc_management"],
+        key_file=server.key_file,
+        management_url=server.url("management"),
+    )
+    try:
+        for api in (rest, grpc):
+            answer = api.generate("a bright square", version=version, seed=5, steps=4)
+            assert answer["images"][0] == adapted and answer["model"] == f"sd@{version}"
+            assert api.versions("sd") == [{"version": "1.0", "default": True}, {"version": version, "default": False}]
+    finally:
+        grpc.close()
+    # interpret targets the version too, so a person sees base and adapter side by side
+    from harness import png_b64, sample_image
+
+    body = {"image": png_b64(sample_image(64, 64)), "priors": ["canny"], "samples": 1, "seed": 5, "steps": 2}
+    for target, model in ((None, "sd"), (version, f"sd@{version}")):
+        answer = server.post(
+            "inference",
+            "/predictions/interpret",
+            json={**body, **({"sd_version": target} if target else {})},
+            timeout=300,
+        )
+        assert answer.status_code == 200, answer.text
+        assert [sample["model"] for sample in answer.json()["samples"]] == [model]
+    refused = server.post("inference", "/predictions/interpret", json={**body, "sd_version": "no such/1"})
+    assert refused.status_code == 400 and refused.json()["message"].startswith("sd_version: ")
+
+    promoted = script("set_default.sh", "sd", version, server=server)
+    assert promoted.returncode == 0, promoted.stderr
+    assert generate(server, "/predictions/sd") == adapted
+    refused = script("unregister.sh", "sd", version, server=server)
+    assert refused.returncode != 0 and "default cannot be removed" in refused.stderr
+    rolled_back = script("set_default.sh", "sd", "1.0", server=server)
+    assert rolled_back.returncode == 0, rolled_back.stderr
+    assert generate(server, "/predictions/sd") == base_before
+
+
+def pixels(png: bytes) -> bytes:
+    with Image.open(io.BytesIO(png)) as image:
+        return image.convert("RGB").tobytes()
+
+
+def test_the_studio_shows_base_and_adapter_side_by_side(server, deployed, browser, picture, tmp_path):
+    """One studio run on two sd versions, clicked through in the browser: the same seeds, caption and
+    priors for both, one row of samples per version, and each sample recorded with the version that
+    made it; interpolation stays within one version."""
+    import requests
+    from studio_harness import StudioProcess
+
+    version = deployed["version"]
+    studio = StudioProcess(tmp_path, server.url("inference"), server.url("management"), server.key_file).start()
+    try:
+        page = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=studio.url).new_page()
+        page.set_default_timeout(180_000)
+        page.goto("/")
+        offered = page.eval_on_selector_all(
+            "#sd-versions input[name=sd_versions]", "boxes => boxes.map(b => [b.value, b.checked])"
+        )
+        assert offered == [["1.0", True], [version, False]]  # the default first, and chosen
+        page.set_input_files("#file", files=[{"name": "a.png", "mimeType": "image/png", "buffer": picture}])
+        page.click("#upload-form button")
+        page.wait_for_function("document.querySelector('#caption').value.length > 0")
+        page.wait_for_selector(".prior[data-prior=canny][data-state=ready] img:not([hidden])")
+        for prior in ("depth", "pose"):
+            page.uncheck(f"input[name=priors][value={prior}]")
+        page.check("input[name=priors][value=canny]")
+        page.select_option("#samples", "2")
+        page.fill("#steps", "2")
+        page.uncheck("input[name=sd_versions][value='1.0']")
+        page.click("#interpret-button")
+        assert page.inner_text("#message") == "sd_versions: choose at least one sd version"
+        page.check("input[name=sd_versions][value='1.0']")
+        page.check(f"input[name=sd_versions][value='{version}']")
+        page.click("#interpret-button")  # no seed typed: the studio picks one for both versions
+        page.wait_for_selector("#run[data-status=done] .sample")
+        rows = page.eval_on_selector_all(".samples[data-sd-model]", "rows => rows.map(r => r.dataset.sdModel)")
+        assert rows == ["sd@1.0", f"sd@{version}"]
+        assert page.locator(".samples[data-sd-model] .sample").count() == 4
+        assert page.locator("h3.sd-version").all_inner_texts() == ["sd@1.0", f"sd@{version}"]
+
+        run = studio.api("GET", f"/api/runs/{page.get_attribute('#run', 'data-run-id')}")
+        assert run["settings"]["sd_versions"] == ["1.0", version] and "seed" in run["settings"]
+        by_model: dict[str, list] = {}
+        for sample in run["samples"]:
+            by_model.setdefault(sample["sd_model"], []).append(sample)
+        base, adapted = by_model["sd@1.0"], by_model[f"sd@{version}"]
+        assert [s["seed"] for s in base] == [s["seed"] for s in adapted]  # the same noise for both
+        assert all(a["image_sha256"] != b["image_sha256"] for a, b in zip(base, adapted))  # different weights
+        assert run["sd_model"] == f"sd@1.0, sd@{version}"
+
+        def interpolate(first: dict, second: dict) -> requests.Response:
+            return requests.post(
+                f"{studio.url}/api/runs/{run['id']}/interpolate",
+                json={"samples": [first["index"], second["index"]], "frames": 2},
+                timeout=300,
+            )
+
+        refused = interpolate(base[0], adapted[1])
+        assert refused.status_code == 400 and refused.json()["message"].startswith("samples: "), refused.text
+        walked = interpolate(adapted[0], adapted[1])
+        assert walked.status_code == 200, walked.text
+        # the walk starts at the sample itself: the adapter's weights made it, not the default's
+        sha = adapted[0]["image_sha256"]
+        assert pixels(base64.b64decode(walked.json()["images"][0])) == pixels(
+            (studio.data_dir / "images" / sha[:2] / f"{sha}.png").read_bytes()
+        )
+    finally:
+        studio.stop()
 
 
 def test_deployed_versions_and_the_default_survive_stop_and_serve(trained, tmp_path):

@@ -1,6 +1,5 @@
-"""Fixtures for the studio's tests: studios (tests/studio/studio_harness.py) on the session's tiny TorchServe
-(tests/conftest.py's ``server``), and Debian's Chromium driven by Playwright (Playwright's own browser
-download does not work here)."""
+"""Fixtures for the studio's tests: studios (tests/studio_harness.py) on the session's tiny TorchServe
+(tests/conftest.py's ``server``; its ``browser`` and ``picture`` too)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 from server import free_ports
-from studio_harness import CHROMIUM, CHROMIUM_ARGS, StudioProcess
+from studio_harness import StudioProcess
 
 
 @pytest.fixture
@@ -53,28 +52,3 @@ def recorded(server: Any, tmp_path_factory: Any, picture: bytes) -> Iterator[tup
         yield studio, run
     finally:
         studio.stop()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium is not installed: apt-get install -y chromium (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="session")
-def picture() -> bytes:
-    """A real photograph (scikit-image's astronaut), small: the tiny models take it in milliseconds."""
-    import io
-
-    from PIL import Image
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(data.astronaut()).resize((128, 128)).save(buffer, format="PNG")
-    return buffer.getvalue()

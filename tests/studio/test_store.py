@@ -92,6 +92,39 @@ def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path):
         Store(tmp_path)
 
 
+def test_a_version_1_database_is_migrated_and_keeps_its_runs(tmp_path):
+    """A studio.db written before samples named their own sd version (schema 1): its samples take the
+    run's sd_model; new samples keep their own."""
+    from studio.store import MIGRATIONS, _statements
+
+    db = sqlite3.connect(tmp_path / "studio.db", isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for statement in _statements(MIGRATIONS[1]):
+        db.execute(statement)
+    db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    db.close()
+    old = sqlite3.connect(tmp_path / "studio.db")
+    old.execute("INSERT INTO images VALUES ('a' || hex(randomblob(31)), 'png', 1, 1, 1, '2026-01-01')")
+    sha = old.execute("SELECT sha256 FROM images").fetchone()[0]
+    old.execute(
+        "INSERT INTO runs (id, created_at, started_by, status, source_sha256, source_kind, caption_edited, "
+        "settings, sd_model) VALUES ('r', '2026-01-01', 'ada', 'done', ?, 'upload', 0, '{}', 'sd 1.0')",
+        (sha,),
+    )
+    old.execute(
+        "INSERT INTO samples (run_id, idx, image_sha256, seed, priors, rank) VALUES ('r', 0, ?, 1, '[]', 0)", (sha,)
+    )
+    old.commit()
+    old.close()
+
+    store = Store(tmp_path)
+    assert store.run("r")["samples"][0]["sd_model"] == "sd 1.0"
+    with store.connect() as db:
+        assert db.execute("SELECT version FROM schema_version").fetchone()[0] == LATEST_VERSION == 2
+    run_id = finished_run(store)
+    assert {s["sd_model"] for s in store.run(run_id)["samples"]} == {"sd 1.0"}
+
+
 def test_a_failed_run_creation_leaves_no_file_and_no_row(tmp_path):
     store = Store(tmp_path)
     with pytest.raises(sqlite3.IntegrityError):  # an unknown source_kind fails the INSERT after the files are written

@@ -110,10 +110,11 @@ def test_whole_flow_in_the_browser_survives_a_restart(server, make_studio, brows
         "seed": 11,
         "steps": 1,
         "scales": {"depth": 0.8},
+        "sd_versions": ["1.0"],  # the one registered, named: the record says exactly which weights
     }
     assert set(run["priors"]) == {"depth", "canny"}
     assert all(prior["origin"] == "studio" for prior in run["priors"].values())  # shown, then sent as prior_images
-    assert run["sd_model"]
+    assert run["sd_model"] == "sd@1.0"  # the version the page named
     assert sorted((s["priors"], s["seed"]) for s in run["samples"]) == [
         (["canny"], 11),
         (["canny"], 12),
@@ -229,6 +230,17 @@ def test_bad_input_gets_a_clear_message_and_stores_nothing(server, make_studio, 
 
     response = requests.post(f"{studio.url}/api/runs", json={"draft_id": "nope", "priors": ["depth"]}, timeout=30)
     assert response.status_code == 404 and response.json()["message"].startswith("draft:")
+    draft = studio.api("POST", "/api/drafts", files={"image": ("a.png", picture, "image/png")})["draft_id"]
+    for versions, message in [
+        ("1.0", "sd_versions: must be a list of sd's version names"),
+        (["1.0", "1.0"], "sd_versions: each version may be chosen once"),
+        (["1.0", "a", "b", "c"], "sd_versions: 4 chosen; a run compares at most 3 (limits.max_sd_versions)"),
+        (["1.0", "lora-v9"], "sd_versions[1]: sd has no version 'lora-v9'; registered: 1.0"),
+    ]:
+        body = {"draft_id": draft, "priors": ["canny"], "mode": "each", "samples": 1, "sd_versions": versions}
+        response = requests.post(f"{studio.url}/api/runs", json=body, timeout=30)
+        assert response.status_code == 400 and response.json()["message"] == message, response.text
+    assert studio.api("GET", "/api/runs")["runs"] == []
     response = requests.delete(f"{studio.url}/api/runs/abc", headers={"Origin": "http://evil.example"}, timeout=30)
     assert response.status_code == 403 and response.json()["message"].startswith("origin:")
     page.context.close()
