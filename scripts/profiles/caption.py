@@ -16,6 +16,8 @@ from pathlib import Path
 from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
+from .sizes import TINY_TOWER, TINY_VIT
+
 PRETRAINED = {"caption": "Salesforce/blip-image-captioning-large"}
 
 # BLIP's text decoder starts every caption with [DEC] (its bos token) and stops at [SEP]; [ENC] is
@@ -103,24 +105,12 @@ def config(profile: str, tokenizer: BertTokenizer) -> BlipConfig:
         text = dict(
             vocab_size=len(tokenizer),
             **special,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **TINY_TOWER,
             projection_dim=32,
             max_position_embeddings=512,
             initializer_range=_TINY_TEXT_INIT,
         )
-        vision = dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            projection_dim=32,
-            initializer_range=_RANDOM_VISION_INIT,
-        )
+        vision = dict(**TINY_VIT, projection_dim=32, initializer_range=_RANDOM_VISION_INIT)
         return BlipConfig(text_config=text, vision_config=vision, projection_dim=32, image_text_hidden_size=32)
     # Salesforce/blip-image-captioning-large: ViT-L/16 at 384 and a BERT-base decoder
     text = dict(

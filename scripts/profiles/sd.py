@@ -33,7 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from handlers.model_settings import ControlType
 
-from .tokenizer import build_tokenizer
+from .tokenizer import build_tokenizer, special_ids, tiny_text_tower
 
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)  # every type the handler knows; the yaml picks what it loads
 
@@ -102,24 +102,12 @@ def vae_config(profile: str) -> dict:
 
 
 def text_config(profile: str, tokenizer) -> CLIPTextConfig:
-    # pooling uses the end-of-text id; keep the config's special ids the tokenizer's (as clip.py does)
-    special = dict(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
     if profile == "tiny":
-        return CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            **special,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-        )
+        return CLIPTextConfig(**tiny_text_tower(tokenizer))
     # openai/clip-vit-large-patch14's text tower, as v1-4 text_encoder/config.json
     return CLIPTextConfig(
         vocab_size=49408,
-        **special,
+        **special_ids(tokenizer),
         hidden_size=768,
         intermediate_size=3072,
         num_hidden_layers=12,

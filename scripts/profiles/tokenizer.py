@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
+from .sizes import TINY_TOWER
+
 _COMMON_WORDS = ("a", "the", "of", "photo", "and", "in", "on", "with", "cat", "dog", "person", "car")
 
 
@@ -53,3 +55,17 @@ def build_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     tokenizer.model_max_length = max_length
     return tokenizer
+
+
+def special_ids(tokenizer: CLIPTokenizer) -> dict[str, int]:
+    """The ids a CLIP text config shares with its tokenizer: the text model pools at the end-of-text token."""
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def tiny_text_tower(tokenizer: CLIPTokenizer) -> dict:
+    """The tiny profile's CLIP text tower (clip's, and sd's and the upscaler's text encoders)."""
+    return {"vocab_size": len(tokenizer), **special_ids(tokenizer), **TINY_TOWER, "max_position_embeddings": 77}

@@ -30,7 +30,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .tokenizer import build_tokenizer
+from .tokenizer import build_tokenizer, special_ids, tiny_text_tower
 
 PRETRAINED = {"upscale": "stabilityai/stable-diffusion-x4-upscaler"}
 
@@ -107,23 +107,12 @@ def vae_config(profile: str) -> dict:
 
 
 def text_config(profile: str, tokenizer) -> CLIPTextConfig:
-    special = dict(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
     if profile == "tiny":
-        return CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            **special,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-        )
+        return CLIPTextConfig(**tiny_text_tower(tokenizer))
     # OpenCLIP ViT-H/14's text tower (Stable Diffusion 2's), as the upscaler's text_encoder/config.json
     return CLIPTextConfig(
         vocab_size=49408,
-        **special,
+        **special_ids(tokenizer),
         hidden_size=1024,
         intermediate_size=4096,
         num_hidden_layers=23,
