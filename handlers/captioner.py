@@ -45,7 +45,6 @@ FIELDS = ("image", "prompt", "max_new_tokens", "num_beams")
 
 class Captioner(BatchHandler):
     model_label = "caption"
-    settings_class = CaptionSettings
     settings: CaptionSettings
 
     def load(self, context: Any) -> None:

@@ -45,7 +45,6 @@ FIELDS = ("image", "images", "texts", "roi", "reference_image")
 
 class ClipScorer(BatchHandler):
     model_label = "clip"
-    settings_class = ClipSettings
     settings: ClipSettings
 
     def load(self, context: Any) -> None:

@@ -43,7 +43,6 @@ ENCODING = "uint16 linear in [min, max]"
 
 class DepthEstimator(BatchHandler):
     model_label = "depth"
-    settings_class = DepthSettings
     settings: DepthSettings
 
     def load(self, context: Any) -> None:

@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 class Interpreter(BatchHandler):
     model_label = "interpret"
-    settings_class = InterpretSettings
     settings: InterpretSettings
 
     def load(self, context: Any) -> None:

@@ -19,7 +19,6 @@ from workflows.stages import PipelineRequest, PipelineSettings, parse_request, r
 
 class Pipeline(BatchHandler):
     model_label = "pipeline"
-    settings_class = PipelineSettings
     settings: PipelineSettings
 
     def load(self, context: Any) -> None:

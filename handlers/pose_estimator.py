@@ -48,7 +48,6 @@ FIELDS = ("image", "roi")
 
 class PoseEstimator(BatchHandler):
     model_label = "pose"
-    settings_class = PoseSettings
     settings: PoseSettings
 
     def load(self, context: Any) -> None:

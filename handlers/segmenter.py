@@ -71,7 +71,6 @@ RESPONSE_OVERHEAD = 512  # request_id, keys, brackets, cache_hit
 
 class Segmenter(BatchHandler):
     model_label = "sam"
-    settings_class = SamSettings
     settings: SamSettings
 
     def load(self, context: Any) -> None:

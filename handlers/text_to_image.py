@@ -123,7 +123,6 @@ SCHEDULERS: dict[str, tuple[type | None, dict[str, Any]]] = {
 
 class TextToImage(BatchHandler):
     model_label = "sd"
-    settings_class = SdSettings
     settings: SdSettings
 
     # --- loading ---------------------------------------------------------------------------------

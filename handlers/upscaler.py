@@ -64,7 +64,6 @@ SCALE = 4  # the x4 upscaler's VAE: latents at the input's size decode to 4x its
 
 class Upscaler(BatchHandler):
     model_label = "upscale"
-    settings_class = UpscaleSettings
     settings: UpscaleSettings
 
     # --- loading ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ and never reaches the model; the rest of the batch runs as one forward pass. If 
 raises, the batch is retried one request at a time, so an unexpected failure costs one request a
 5xx instead of failing every request that happened to share its batch.
 
-A handler's settings are its ``settings_class`` read once from its model-config.yaml; what
+A handler's settings are the class it annotates ``settings`` with (``settings: SdSettings``), read
+once from its model-config.yaml; what
 :meth:`BatchHandler.infer` needs of the batch (each request's index in TorchServe's batch, a way to
 send a stream event) arrives as its ``batch`` argument, never as handler state.
 """
@@ -17,6 +18,7 @@ import json
 import logging
 import threading
 import time
+import typing
 from typing import Any
 
 from .compat import add_metric, mark_final_grpc_response
@@ -80,14 +82,20 @@ class Batch:
 
 
 class BatchHandler(abc.ABC):
-    """Subclass per model: set :attr:`settings_class`; implement :meth:`load`, :meth:`parse`, :meth:`infer`."""
+    """Subclass per model: annotate :attr:`settings` with the model's settings class; implement :meth:`load`,
+    :meth:`parse`, :meth:`infer`."""
 
     model_label = "model"
-    settings_class: type[HandlerSettings] = HandlerSettings
+    settings: HandlerSettings
 
     def __init__(self) -> None:
         self.initialized = False
         self.context: Any = None
+
+    @classmethod
+    def settings_type(cls) -> type[HandlerSettings]:
+        """The class the subclass annotates :attr:`settings` with: the one place it is declared."""
+        return typing.get_type_hints(cls)["settings"]
 
     # --- what a model implements -------------------------------------------------------------
     @abc.abstractmethod
@@ -105,7 +113,7 @@ class BatchHandler(abc.ABC):
     # --- TorchServe entry points -------------------------------------------------------------
     def initialize(self, context: Any) -> None:
         self.context = context
-        self.settings = load_settings(self.settings_class, handler_config(context))
+        self.settings = load_settings(self.settings_type(), handler_config(context))
         self.device = select_device(context)
         self.dtype = select_dtype(self.device, self.settings.dtype)
         configure_threads(self.settings.torch_threads)

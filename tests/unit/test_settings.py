@@ -40,7 +40,7 @@ def handler_class(name: str) -> type:
 
 @pytest.mark.parametrize("name", served_models())
 def test_every_served_models_yaml_loads_into_its_handlers_settings(name):
-    loaded = load_settings(handler_class(name).settings_class, handler_section(name))
+    loaded = load_settings(handler_class(name).settings_type(), handler_section(name))
     assert loaded.model_config["frozen"] and loaded.model_config["extra"] == "forbid"
 
 
