@@ -33,7 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from handlers.model_settings import ControlType
 
-from .tokenizer import build_tokenizer, special_ids, tiny_text_tower
+from .tokenizer import build_tokenizer, full_text_tower, tiny_text_tower
 
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)  # every type the handler knows; the yaml picks what it loads
 
@@ -105,17 +105,8 @@ def text_config(profile: str, tokenizer) -> CLIPTextConfig:
     if profile == "tiny":
         return CLIPTextConfig(**tiny_text_tower(tokenizer))
     # openai/clip-vit-large-patch14's text tower, as v1-4 text_encoder/config.json
-    return CLIPTextConfig(
-        vocab_size=49408,
-        **special_ids(tokenizer),
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
+    tower = full_text_tower(tokenizer, width=768, layers=12, heads=12, projection_dim=768, hidden_act="quick_gelu")
+    return CLIPTextConfig(**tower)
 
 
 def controlnet_embedding_channels(profile: str) -> tuple[int, ...]:

@@ -69,3 +69,20 @@ def special_ids(tokenizer: CLIPTokenizer) -> dict[str, int]:
 def tiny_text_tower(tokenizer: CLIPTokenizer) -> dict:
     """The tiny profile's CLIP text tower (clip's, and sd's and the upscaler's text encoders)."""
     return {"vocab_size": len(tokenizer), **special_ids(tokenizer), **TINY_TOWER, "max_position_embeddings": 77}
+
+
+def full_text_tower(
+    tokenizer: CLIPTokenizer, *, width: int, layers: int, heads: int, projection_dim: int, hidden_act: str
+) -> dict:
+    """A full-size CLIP text tower: CLIP's 49408-token vocabulary, 77 positions, an MLP 4x the width."""
+    return {
+        "vocab_size": 49408,
+        **special_ids(tokenizer),
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": 77,
+        "projection_dim": projection_dim,
+        "hidden_act": hidden_act,
+    }

@@ -30,31 +30,16 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .tokenizer import build_tokenizer, special_ids, tiny_text_tower
+from .tokenizer import build_tokenizer, full_text_tower, tiny_text_tower
 
 PRETRAINED = {"upscale": "stabilityai/stable-diffusion-x4-upscaler"}
 
 # stabilityai/stable-diffusion-x4-upscaler: scheduler/ (DDIM, v-prediction), low_res_scheduler/
 # (DDPM: the noise added to the low-resolution image), model_index.json's max_noise_level, and the
 # VAE's latent scaling factor
-SCHEDULER = dict(
-    beta_start=0.0001,
-    beta_end=0.02,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    clip_sample=False,
-    prediction_type="v_prediction",
-    set_alpha_to_one=False,
-    steps_offset=1,
-)
-LOW_RES_SCHEDULER = dict(
-    beta_start=0.0001,
-    beta_end=0.02,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    clip_sample=False,
-    variance_type="fixed_small",
-)
+_BETAS = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", num_train_timesteps=1000)
+SCHEDULER = dict(**_BETAS, clip_sample=False, prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1)
+LOW_RES_SCHEDULER = dict(**_BETAS, clip_sample=False, variance_type="fixed_small")
 MAX_NOISE_LEVEL = 350
 VAE_SCALING_FACTOR = 0.08333
 NOISE_CLASSES = 1000  # the UNet's class embedding: one entry per noise level the low-res scheduler knows
@@ -110,17 +95,8 @@ def text_config(profile: str, tokenizer) -> CLIPTextConfig:
     if profile == "tiny":
         return CLIPTextConfig(**tiny_text_tower(tokenizer))
     # OpenCLIP ViT-H/14's text tower (Stable Diffusion 2's), as the upscaler's text_encoder/config.json
-    return CLIPTextConfig(
-        vocab_size=49408,
-        **special_ids(tokenizer),
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=23,
-        num_attention_heads=16,
-        max_position_embeddings=77,
-        projection_dim=512,
-        hidden_act="gelu",
-    )
+    tower = full_text_tower(tokenizer, width=1024, layers=23, heads=16, projection_dim=512, hidden_act="gelu")
+    return CLIPTextConfig(**tower)
 
 
 def build_pipeline(profile: str) -> StableDiffusionUpscalePipeline:
