@@ -86,12 +86,7 @@ class Captioner(BatchHandler):
         groups = plan_groups(requests)
         if len(groups) == 1:
             return self.caption(requests)
-        results: list[Result] = [None] * len(requests)  # type: ignore[list-item]
-        for positions in groups:
-            outputs = self.infer_isolating_failures([requests[p] for p in positions], batch.subset(positions))
-            for position, output in zip(positions, outputs):
-                results[position] = output
-        return results
+        return self.infer_in_groups(requests, batch, groups)
 
     @torch.inference_mode()
     def caption(self, group: list[dict[str, Any]]) -> list[Result]:

@@ -483,12 +483,7 @@ class TextToImage(BatchHandler):
         groups = plan_groups(requests)
         if len(groups) == 1:
             return self.generate(requests, batch)
-        results: list[Result] = [None] * len(requests)  # type: ignore[list-item]
-        for positions in groups:
-            outputs = self.infer_isolating_failures([requests[p] for p in positions], batch.subset(positions))
-            for position, output in zip(positions, outputs):
-                results[position] = output
-        return results
+        return self.infer_in_groups(requests, batch, groups)
 
     def generate(self, group: list[dict[str, Any]], batch: Batch | None) -> list[Result]:
         """One pipeline call for a group of requests sharing size, steps, guidance, scheduler and control

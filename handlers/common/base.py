@@ -159,7 +159,8 @@ class BatchHandler(abc.ABC):
 
     def infer_isolating_failures(self, requests: list[Any], batch: Batch) -> list[Result]:
         """:meth:`infer`; if it raises for several requests, each is retried alone, so only the
-        failing one gets a 5xx. A handler that splits a batch into groups calls this per group."""
+        failing one gets a 5xx. A handler that splits a batch into groups calls it per group
+        (:meth:`infer_in_groups`)."""
         try:
             outputs = self.infer(requests, batch)
             if len(outputs) != len(requests):
@@ -174,6 +175,16 @@ class BatchHandler(abc.ABC):
                 self.infer_isolating_failures([request], batch.subset([position]))[0]
                 for position, request in enumerate(requests)
             ]
+
+    def infer_in_groups(self, requests: list[Any], batch: Batch, groups: list[list[int]]) -> list[Result]:
+        """Each group (positions in ``requests``) through :meth:`infer_isolating_failures` on its own, so
+        a failing group cannot fail the others; the results in request order."""
+        results: list[Result] = [None] * len(requests)  # type: ignore[list-item]
+        for positions in groups:
+            outputs = self.infer_isolating_failures([requests[p] for p in positions], batch.subset(positions))
+            for position, output in zip(positions, outputs):
+                results[position] = output
+        return results
 
     def server_error(self, exc: Exception) -> ServerError:
         """The 5xx for an exception a forward raised; out of memory is 507, so a client can retry smaller."""
