@@ -131,16 +131,7 @@ class Envelopes:
         if "instances" not in body:
             raise InputError("instances", 'is required: a KServe v1 request is {"instances": [<request>]}')
         reject_unknown(body, ("instances",))
-        instances = body["instances"]
-        if not isinstance(instances, list):
-            raise InputError("instances", f"must be a list holding one request, got {json_type(instances)}")
-        if len(instances) != 1:
-            raise InputError(
-                "instances",
-                f"has {len(instances)} instances; send one per request "
-                "(TorchServe batches requests, each with its own status)",
-            )
-        return _instance(instances[0], "instances[0]")
+        return _instance(_only_one(body["instances"], "instances", "request"), "instances[0]")
 
     # --- v2: {"inputs": [{"name", "shape": [1], "datatype": "BYTES", "data": [request]}]} ---------
     def _open_v2(self, idx: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -154,16 +145,7 @@ class Envelopes:
         request_id = body.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise InputError("id", f"must be a string, got {json_type(request_id)}")
-        inputs = body["inputs"]
-        if not isinstance(inputs, list):
-            raise InputError("inputs", f"must be a list holding one input, got {json_type(inputs)}")
-        if len(inputs) != 1:
-            raise InputError(
-                "inputs",
-                f"has {len(inputs)} inputs; send one per request "
-                "(TorchServe batches requests, each with its own status)",
-            )
-        item = inputs[0]
+        item = _only_one(body["inputs"], "inputs", "input")
         if not isinstance(item, dict):
             raise InputError("inputs[0]", f"must be an object, got {json_type(item)}")
         reject_unknown(item, ("name", "shape", "datatype", "data", "parameters"))
@@ -187,6 +169,19 @@ class Envelopes:
             except InputError as err:  # invalid JSON text: name where it is
                 raise InputError("inputs[0].data[0]", err.problem) from None
         return _instance(element, "inputs[0].data[0]")
+
+
+def _only_one(items: Any, field: str, noun: str) -> Any:
+    """The one element of an envelope's list: KServe's protocols allow several per request, but
+    TorchServe batches requests itself, each with its own status."""
+    if not isinstance(items, list):
+        raise InputError(field, f"must be a list holding one {noun}, got {json_type(items)}")
+    if len(items) != 1:
+        raise InputError(
+            field,
+            f"has {len(items)} {field}; send one per request (TorchServe batches requests, each with its own status)",
+        )
+    return items[0]
 
 
 def _instance(value: Any, field: str) -> dict[str, Any]:
