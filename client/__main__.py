@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import ApiError, BaseClient, Client
 from .render import b64_image, overlay_masks, save_interpret, save_json, save_pipeline
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     interpret.add_argument("--steps", type=int, help="denoising steps of each generation")
     interpret.add_argument("--width", type=int)
     interpret.add_argument("--height", type=int)
+    interpret.add_argument("--sd-version", help="generate with this version of sd (a fine-tune); default: sd's default")
     interpret.add_argument("--stream", action="store_true", help="show each stage as it finishes")
     interpret.add_argument("--name", default="interpret", help="file name prefix in --out")
 
@@ -196,18 +198,15 @@ def _progress(text: str) -> None:
     print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
 
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The request fields named ``names`` that the command line gave (argparse leaves the others None)."""
+    return drop_none({name: getattr(args, name) for name in names})
+
+
 def _run(client: BaseClient, args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.command == "generate":
-        options = drop_none(
-            {
-                "seed": args.seed,
-                "steps": args.steps,
-                "width": args.width,
-                "height": args.height,
-                "negative_prompt": args.negative_prompt,
-            }
-        )
+        options = _given(args, "seed", "steps", "width", "height", "negative_prompt")
         if args.control:
             from .rest import control_entries
 
@@ -274,17 +273,7 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         if (args.prompt is None) == (args.image is None):
             print("error: give a prompt or --image, not both", file=sys.stderr)
             return 2
-        options = drop_none(
-            {
-                "texts": args.texts,
-                "roi": args.roi,
-                "priors": args.priors,
-                "seed": args.seed,
-                "steps": args.steps,
-                "width": args.width,
-                "height": args.height,
-            }
-        )
+        options = _given(args, "texts", "roi", "priors", "seed", "steps", "width", "height")
         if args.stream:
             result = _follow(
                 client.pipeline_stream(prompt=args.prompt, image=args.image, **options),
@@ -298,18 +287,7 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         for path in save_pipeline(result, out, args.name):
             print(path)
     elif args.command == "interpret":
-        options = drop_none(
-            {
-                "caption": args.caption,
-                "priors": args.priors,
-                "mode": args.mode,
-                "samples": args.samples,
-                "seed": args.seed,
-                "steps": args.steps,
-                "width": args.width,
-                "height": args.height,
-            }
-        )
+        options = _given(args, "caption", "priors", "mode", "samples", "seed", "steps", "width", "height", "sd_version")
         if args.scale:
             options["scales"] = {prior: float(value) for prior, value in _pairs(args.scale, "--scale")}
         if args.prior_image:
@@ -334,20 +312,13 @@ def _run(client: BaseClient, args: argparse.Namespace) -> int:
         for path in save_interpret(result, Image.open(args.image), out, args.name):
             print(path)
     elif args.command == "upscale":
-        options = drop_none(
-            {
-                "prompt": args.prompt,
-                "steps": args.steps,
-                "noise_level": args.noise_level,
-                "seed": args.seed,
-            }
-        )
+        options = _given(args, "prompt", "steps", "noise_level", "seed")
         result = client.upscale(args.image, **options)
         path = _mkdir(out) / f"{args.image.stem}_x4.png"
         b64_image(result["image"]).save(path)
         print(path)
     elif args.command == "interpolate":
-        options = drop_none({"steps": args.steps, "width": args.width, "height": args.height})
+        options = _given(args, "steps", "width", "height")
         result = client.interpolate(args.seeds, args.frames, args.prompts, **options)
         frames = [b64_image(image).convert("RGB") for image in result["images"]]
         _mkdir(out)

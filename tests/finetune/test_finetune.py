@@ -9,6 +9,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,7 @@ def deployed(server, trained):
     assert version not in {entry["modelVersion"] for entry in server.get("management", "/models/sd/all").json()}
 
 
-def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, trained, deployed):
+def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, trained, deployed, tmp_path):
     version, base_before = deployed["version"], deployed["base_before"]
     assert version == f"squares-v{trained['summary']['version']}"
     listed = {entry["modelVersion"] for entry in server.get("management", "/models/sd/all").json()}
@@ -228,6 +229,21 @@ def test_a_deployed_version_answers_from_its_adapter_beside_the_default(server, 
         assert [sample["model"] for sample in answer.json()["samples"]] == [model]
     refused = server.post("inference", "/predictions/interpret", json={**body, "sd_version": "no such/1"})
     assert refused.status_code == 400 and refused.json()["message"].startswith("sd_version: ")
+    # the CLI: generate on the version (--model-version), interpret with it (--sd-version)
+    source = tmp_path / "source.png"
+    sample_image(64, 64).save(source)
+    common = ["--url", server.url("inference"), "--management-url", server.url("management")]
+    common += ["--key-file", str(server.key_file), "--out", str(tmp_path)]
+    for command in (
+        ["generate", "a bright square", "--model-version", version, "--seed", "5", "--steps", "4"],
+        ["interpret", str(source), "--priors", "canny", "--samples", "1", "--steps", "2", "--sd-version", version],
+    ):
+        ran = subprocess.run(
+            [sys.executable, "-m", "client", *common, *command], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert ran.returncode == 0, ran.stderr[-2000:]
+    assert json.loads((tmp_path / "generate.json").read_text())["model"] == f"sd@{version}"
+    assert [s["model"] for s in json.loads((tmp_path / "interpret.json").read_text())["samples"]] == [f"sd@{version}"]
 
     promoted = script("set_default.sh", "sd", version, server=server)
     assert promoted.returncode == 0, promoted.stderr
