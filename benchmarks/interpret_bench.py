@@ -211,7 +211,7 @@ def main() -> None:
     total = args.requests or (16 if profile == "tiny" else 8)
 
     from handlers.common import load_settings
-    from workflows.interpret import InterpretSettings
+    from handlers.model_settings import InterpretSettings
 
     SETTINGS = load_settings(InterpretSettings, bl.rendered_config("interpret", profile)["handler"])
     bl.ensure_weights(profile, CALLED)

@@ -69,8 +69,8 @@ def make_app(handlers: dict[str, Any], profile: str, threads: int | None = None)
     from harness import model_config, run_batch
 
     from handlers.common import InputError, ServerError, load_settings
+    from handlers.model_settings import PipelineSettings
     from workflows.stages import (
-        PipelineSettings,
         StageFailure,
         Stages,
         _assemble,

@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from handlers.common import Batch, BatchHandler, InputError, Result, ServerError
+from handlers.model_settings import InterpretSettings
 from workflows.connect import pipeline_caller
-from workflows.interpret import InterpretRequest, InterpretSettings, parse_request, run_interpret
+from workflows.interpret import InterpretRequest, parse_request, run_interpret
 
 logger = logging.getLogger(__name__)
 

@@ -3,16 +3,17 @@
 One class per model, read once when its worker loads (:class:`handlers.common.BatchHandler` does it).
 They live here, not in the handler modules, because TorchServe's loader refuses a handler module
 that defines more than one class. Every value is written in the yaml; these classes give only types
-and bounds (handlers/common/settings.py says why).
+and bounds (handlers/settings.py says why). The light models' (pipeline, interpret) are here too:
+their workflow nodes and the studio read them with no handler loaded, and none of this imports torch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from handlers.common.settings import HandlerSettings, ImageLimits, Settings
+from handlers.settings import HandlerSettings, ImageLimits, Settings
 
 
 class ClipLimits(ImageLimits):
@@ -78,20 +79,28 @@ class SamSettings(HandlerSettings):
     limits: SamLimits
 
 
-# The control types the `sd` handler knows; the yaml's control.types picks which to load
+# The control types the `sd` handler knows (the yaml's control.types picks which to load); they are
+# interpret's priors too: each prior conditions the ControlNet of its name.
 ControlType = Literal["depth", "pose", "canny"]
+CONTROL_TYPES: tuple[ControlType, ...] = get_args(ControlType)
 
 
-class SdLimits(ImageLimits):  # max_image_side / max_image_pixels: each control image
-    max_prompts: int = Field(ge=1)  # prompts (= images) per request
-    max_prompt_length: int = Field(ge=1)  # characters per prompt / negative prompt
-    min_side: int = Field(ge=8)
+class GenerationLimits(ImageLimits):
+    """What bounds one generation: sd's limits, which interpret checks as well before it calls sd
+    (tests/unit/test_interpret_stages.py keeps interpret's within sd's)."""
+
+    min_side: int = Field(ge=8)  # width / height
     max_side: int = Field(ge=8)
     max_pixels: int = Field(ge=64)
     max_steps: int = Field(ge=1)
     max_guidance_scale: float = Field(ge=0)
-    max_controls: int = Field(ge=1)  # entries of `control`
     max_control_scale: float = Field(ge=0)
+
+
+class SdLimits(GenerationLimits):  # max_image_side / max_image_pixels: each control image
+    max_prompts: int = Field(ge=1)  # prompts (= images) per request
+    max_prompt_length: int = Field(ge=1)  # characters per prompt / negative prompt
+    max_controls: int = Field(ge=1)  # entries of `control`
     max_frames: int = Field(ge=2)  # images of one `interpolate` request
 
 
@@ -192,4 +201,93 @@ class UpscaleSettings(HandlerSettings):
             raise ValueError("noise_level (the default) is over limits.max_noise_level")
         if len(self.prompt) > limits.max_prompt_length or len(self.negative_prompt) > limits.max_prompt_length:
             raise ValueError("prompt / negative_prompt (the defaults) are over limits.max_prompt_length")
+        return self
+
+
+# --- the light models (pipeline, interpret): where they find the models they call, and how long ---
+def model_timeouts(*models: str) -> AfterValidator:
+    """A ``stage_timeouts`` mapping's check: seconds a call to each of ``models`` (the models a light
+    model calls) may take, every one given and no other; a stage over its limit answers 504 naming
+    the stage. A version (``sd/squares-v1``) has its model's limit."""
+
+    def each_called_model(timeouts: dict[str, float]) -> dict[str, float]:
+        for model in timeouts:
+            if model not in models:
+                raise ValueError(f"{model}: unknown model (this one calls {', '.join(models)})")
+        for model in models:
+            if model not in timeouts:
+                raise ValueError(f"{model}: missing (every called model has its timeout in the yaml)")
+        return timeouts
+
+    return AfterValidator(each_called_model)
+
+
+Timeouts = dict[str, Annotated[float, Field(gt=0)]]
+PIPELINE_CALLS = ("sd", "clip", "sam", "depth", "pose")
+INTERPRET_CALLS = ("caption", "depth", "pose", "sd", "clip", "upscale")
+
+
+class CallerSettings(HandlerSettings):
+    """Where a light model finds the models it calls: workflows/connect.py."""
+
+    inference_address: str | None  # null: this server's, from TS_CONFIG_FILE
+    management_address: str | None
+    key_file: str | None  # null: TS_KEY_FILE, else ./key_file.json
+
+
+# --- pipeline -----------------------------------------------------------------------------------
+class PipelineLimits(ImageLimits):
+    """What the pipeline checks before any model runs (each at most the called model's own limit)."""
+
+    max_prompt_length: int = Field(ge=1)
+    max_texts: int = Field(ge=1)
+    max_text_length: int = Field(ge=1)
+    max_rois: int = Field(ge=0)
+
+
+class PipelineSettings(CallerSettings):
+    """The ``handler:`` section of models/pipeline/model-config.yaml, for the model and the workflow."""
+
+    stage_timeouts: Annotated[Timeouts, model_timeouts(*PIPELINE_CALLS)]
+    limits: PipelineLimits
+
+
+# --- interpret ----------------------------------------------------------------------------------
+class InterpretLimits(GenerationLimits):
+    """What the interpreter checks before any model runs; tests/unit/test_interpret_stages.py keeps
+    each at most the limit of the model it is sent to (sd's, clip's), so no request is refused late."""
+
+    max_version_length: int = Field(ge=1)  # characters of `sd_version`
+    max_caption_length: int = Field(ge=1)  # characters of `caption` and `negative_prompt` (<= clip's texts)
+    max_samples: int = Field(ge=1)  # per prior (each) or per request (combined): <= sd's max_prompts
+    size_multiple: int = Field(ge=1)  # width / height
+
+
+class CannySettings(Settings):
+    """The edge map the ``canny`` prior is: OpenCV Canny's hysteresis thresholds on 8-bit intensity."""
+
+    low_threshold: int = Field(ge=0, le=255)
+    high_threshold: int = Field(ge=0, le=255)
+
+
+class InterpretSettings(CallerSettings):
+    """The ``handler:`` section of models/interpret/model-config.yaml (the studio reads it too)."""
+
+    priors: list[ControlType] = Field(min_length=1)  # a request's default
+    mode: Literal["each", "combined"]  # a request's default
+    samples: int = Field(ge=1)  # a request's default
+    rank_by: Literal["mean", "caption", "source"]  # which score orders the samples (rank 0 = best)
+    sd_schedulers: list[str] = Field(min_length=1)  # the `scheduler` names sd knows (a test keeps them equal)
+    canny: CannySettings
+    stage_timeouts: Annotated[Timeouts, model_timeouts(*INTERPRET_CALLS)]
+    limits: InterpretLimits
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> InterpretSettings:
+        if self.samples > self.limits.max_samples:
+            raise ValueError("samples (the default) is over limits.max_samples")
+        if len(set(self.priors)) != len(self.priors):
+            raise ValueError("priors (the default) must be distinct")
+        if self.canny.low_threshold > self.canny.high_threshold:
+            raise ValueError("canny.low_threshold must be <= canny.high_threshold")
         return self

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from handlers.common import Batch, BatchHandler, InputError, Result, ServerError
+from handlers.model_settings import PipelineSettings
 from workflows.connect import pipeline_caller
-from workflows.stages import PipelineRequest, PipelineSettings, parse_request, run_pipeline
+from workflows.stages import PipelineRequest, parse_request, run_pipeline
 
 
 class Pipeline(BatchHandler):

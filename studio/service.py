@@ -29,8 +29,9 @@ from PIL import Image
 
 from client import ApiError, Client
 from client.events import JsonStream
+from handlers.model_settings import InterpretSettings
 
-from .settings import PRIORS, InterpretView, StudioSettings
+from .settings import PRIORS, StudioSettings
 from .store import Store, StoredImage, image_info
 
 
@@ -100,7 +101,7 @@ class ActiveRun:
 class Studio:
     def __init__(self, settings: StudioSettings):
         self.settings = settings
-        self.interpret: InterpretView = settings.interpret()
+        self.interpret: InterpretSettings = settings.interpret()
         self.inference_url, self.management_url = settings.torchserve_urls()
         self.store = Store(settings.data_path)
         self.store.interrupt_unfinished()

@@ -23,19 +23,10 @@ import yaml
 from client import ApiError, Client
 from handlers.common import load_settings
 from handlers.common.envelopes import answer_from, request_for
+from handlers.model_settings import CallerSettings, PipelineSettings
+from handlers.settings import read_properties
 
-from .stages import CallerSettings, ModelCaller, PipelineSettings, client_caller
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """A Java properties file (TorchServe's config.properties) as a dict; the last value of a key wins."""
-    values = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
-    return values
+from .stages import ModelCaller, client_caller
 
 
 def load_pipeline_settings(model_config: Path) -> PipelineSettings:

@@ -30,18 +30,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
-from pydantic import Field, model_validator
 
 from client.rest import versioned
 from handlers.common import (
-    ImageLimits,
     InputError,
     LimitError,
     ServerError,
-    Settings,
     check_number,
     check_str,
     decode_image,
@@ -54,10 +51,11 @@ from handlers.common import (
     require,
 )
 from handlers.common.payload import json_type
+from handlers.model_settings import CONTROL_TYPES, InterpretLimits, InterpretSettings
 
-from .stages import CallerSettings, ModelCaller, ModelTimeouts, Stages
+from .stages import ModelCaller, Stages
 
-PRIORS = ("depth", "pose", "canny")
+PRIORS = CONTROL_TYPES  # each prior conditions sd's ControlNet of the same name
 MODES = ("each", "combined")
 GENERATION_FIELDS = ("negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler")
 FIELDS = (
@@ -75,66 +73,6 @@ FIELDS = (
     *GENERATION_FIELDS,
 )
 SEED_SPACE = 2**32  # sd's seeds (handlers/text_to_image.py): 0 .. 2**32 - 1, a prompt list's seeds wrap
-
-PriorType = Literal["depth", "pose", "canny"]
-
-
-# --- settings: the handler section of models/interpret/model-config.yaml -----------------------------
-
-
-class InterpretTimeouts(ModelTimeouts):
-    caption: float = Field(gt=0)
-    depth: float = Field(gt=0)
-    pose: float = Field(gt=0)
-    sd: float = Field(gt=0)
-    clip: float = Field(gt=0)
-    upscale: float = Field(gt=0)
-
-
-class InterpretLimits(ImageLimits):
-    """What the interpreter checks before any model runs; tests/unit/test_interpret_stages.py keeps
-    each at most the limit of the model it is sent to (sd's, clip's), so no request is refused late."""
-
-    max_version_length: int = Field(ge=1)  # characters of `sd_version`
-    max_caption_length: int = Field(ge=1)  # characters of `caption` and `negative_prompt` (<= clip's texts)
-    max_samples: int = Field(ge=1)  # per prior (each) or per request (combined): <= sd's max_prompts
-    min_side: int = Field(ge=8)  # width / height, as sd's limits
-    max_side: int = Field(ge=8)
-    size_multiple: int = Field(ge=1)
-    max_pixels: int = Field(ge=64)
-    max_steps: int = Field(ge=1)
-    max_guidance_scale: float = Field(ge=0)
-    max_control_scale: float = Field(ge=0)
-
-
-class CannySettings(Settings):
-    """The edge map the ``canny`` prior is: OpenCV Canny's hysteresis thresholds on 8-bit intensity."""
-
-    low_threshold: int = Field(ge=0, le=255)
-    high_threshold: int = Field(ge=0, le=255)
-
-
-class InterpretSettings(CallerSettings):
-    """The ``handler:`` section of models/interpret/model-config.yaml."""
-
-    priors: list[PriorType] = Field(min_length=1)  # a request's default
-    mode: Literal["each", "combined"]  # a request's default
-    samples: int = Field(ge=1)  # a request's default
-    rank_by: Literal["mean", "caption", "source"]  # which score orders the samples (rank 0 = best)
-    sd_schedulers: list[str] = Field(min_length=1)  # the `scheduler` names sd knows (a test keeps them equal)
-    canny: CannySettings
-    stage_timeouts: InterpretTimeouts
-    limits: InterpretLimits
-
-    @model_validator(mode="after")
-    def _defaults_within_limits(self) -> InterpretSettings:
-        if self.samples > self.limits.max_samples:
-            raise ValueError("samples (the default) is over limits.max_samples")
-        if len(set(self.priors)) != len(self.priors):
-            raise ValueError("priors (the default) must be distinct")
-        if self.canny.low_threshold > self.canny.high_threshold:
-            raise ValueError("canny.low_threshold must be <= canny.high_threshold")
-        return self
 
 
 # --- the request ---------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from typing import Any
 
 from handlers.common import InputError, ServerError, read_payload
 from handlers.common.compat import MIN_WORKFLOW_NODE_SECONDS
+from handlers.model_settings import PipelineSettings
 from workflows.connect import load_pipeline_settings, pipeline_caller
-from workflows.stages import PipelineRequest, PipelineSettings, Stages, generate, parse_request
+from workflows.stages import PipelineRequest, Stages, generate, parse_request
 from workflows.stages import analyze as analyze_stages
 
 logger = logging.getLogger(__name__)

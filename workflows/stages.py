@@ -9,19 +9,14 @@ governs direct and pipeline traffic alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import Field
-
 from handlers.common import (
-    HandlerSettings,
-    ImageLimits,
     InputError,
     ServerError,
-    Settings,
     decode_image,
     get_bool,
     get_boxes,
@@ -31,6 +26,7 @@ from handlers.common import (
     get_str_list,
     reject_unknown,
 )
+from handlers.model_settings import PipelineSettings
 
 PRIORS = ("depth", "pose")
 GENERATION_FIELDS = ("negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "scheduler")
@@ -59,47 +55,6 @@ class PipelineRequest:
     priors: list[str]
     generation: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
-
-
-class ModelTimeouts(Settings):
-    """Seconds each model call may take, one field per model; a stage over its limit answers 504
-    naming the stage. Each light model declares the models it calls."""
-
-    def of(self, model: str) -> float:
-        """The limit for a call to ``model`` (``name`` or ``name/version``: every version has its name's)."""
-        return float(getattr(self, model.partition("/")[0]))
-
-
-class StageTimeouts(ModelTimeouts):
-    sd: float = Field(gt=0)
-    clip: float = Field(gt=0)
-    sam: float = Field(gt=0)
-    depth: float = Field(gt=0)
-    pose: float = Field(gt=0)
-
-
-class PipelineLimits(ImageLimits):
-    """What the pipeline checks before any model runs (each at most the called model's own limit)."""
-
-    max_prompt_length: int = Field(ge=1)
-    max_texts: int = Field(ge=1)
-    max_text_length: int = Field(ge=1)
-    max_rois: int = Field(ge=0)
-
-
-class CallerSettings(HandlerSettings):
-    """Where a light model (pipeline, interpret) finds the models it calls: workflows/connect.py."""
-
-    inference_address: str | None  # null: this server's, from TS_CONFIG_FILE
-    management_address: str | None
-    key_file: str | None  # null: TS_KEY_FILE, else ./key_file.json
-
-
-class PipelineSettings(CallerSettings):
-    """The ``handler:`` section of models/pipeline/model-config.yaml, for the model and the workflow."""
-
-    stage_timeouts: StageTimeouts
-    limits: PipelineLimits
 
 
 def parse_request(payload: dict[str, Any], settings: PipelineSettings) -> PipelineRequest:
@@ -158,7 +113,7 @@ class StagedSettings(Protocol):
     """What :class:`Stages` needs of a light model's settings (the pipeline's, the interpreter's)."""
 
     @property
-    def stage_timeouts(self) -> ModelTimeouts: ...
+    def stage_timeouts(self) -> Mapping[str, float]: ...
 
 
 class Stages:
@@ -173,7 +128,8 @@ class Stages:
     def __call__(self, name: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            result = self.call(model, body, self.settings.stage_timeouts.of(model))
+            # a version (sd/squares-v1) has its model's timeout
+            result = self.call(model, body, self.settings.stage_timeouts[model.partition("/")[0]])
         except StageFailure as failure:
             raise _stage_error(name, failure) from None
         self.timings[name] = round(time.perf_counter() - started, 4)

@@ -35,10 +35,9 @@ def pipeline_models() -> list[str]:
     project's registration order (scripts/served_models.py)."""
     from served_models import weighted_models
 
-    from workflows.stages import StageTimeouts
+    from handlers.model_settings import PIPELINE_CALLS
 
-    called = set(StageTimeouts.model_fields)
-    return [name for name in weighted_models() if name in called]
+    return [name for name in weighted_models() if name in PIPELINE_CALLS]
 
 
 def pipeline_settings(profile: str) -> Any:
@@ -47,7 +46,7 @@ def pipeline_settings(profile: str) -> Any:
     from harness import model_config
 
     from handlers.common import load_settings
-    from workflows.stages import PipelineSettings
+    from handlers.model_settings import PipelineSettings
 
     return load_settings(PipelineSettings, model_config(PIPELINE, profile)["handler"])
 

@@ -1,5 +1,7 @@
 """What every handler shares: request parsing, image codecs, errors, settings, device choice, the batch loop."""
 
+from handlers.settings import HandlerSettings, ImageLimits, Settings, SettingsError, load_settings
+
 from .base import BATCH_SIZE_HEADER, Batch, BatchHandler, Result, ServerError
 from .errors import InputError, LimitError, error_body
 from .images import crop, decode_image, decode_png, encode_png
@@ -18,7 +20,6 @@ from .payload import (
     require,
 )
 from .runtime import handler_config, model_dir, select_device, select_dtype, weights_dir
-from .settings import HandlerSettings, ImageLimits, Settings, SettingsError, load_settings
 
 __all__ = [
     "BATCH_SIZE_HEADER",

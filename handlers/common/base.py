@@ -21,11 +21,12 @@ import time
 import typing
 from typing import Any
 
+from handlers.settings import HandlerSettings, load_settings
+
 from .compat import add_metric, mark_final_grpc_response
 from .envelopes import Envelopes, take_over_torchserve_envelopes
 from .errors import InputError, error_body
 from .runtime import configure_threads, handler_config, select_device, select_dtype
-from .settings import HandlerSettings, load_settings
 
 logger = logging.getLogger(__name__)
 

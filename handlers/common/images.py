@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from handlers.settings import ImageLimits
+
 from .compat import uint16_image
 from .errors import InputError, LimitError
-from .settings import ImageLimits
 
 _ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
 

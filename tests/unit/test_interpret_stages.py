@@ -17,9 +17,9 @@ from harness import load_handler, model_config, png_b64, run_batch, sample_image
 from render_model_config import deep_merge
 
 from handlers.common import InputError, ServerError, load_settings
+from handlers.model_settings import InterpretSettings
 from workflows.interpret import (
     PRIORS,
-    InterpretSettings,
     generation_body,
     parse_request,
     rank_order,
@@ -357,7 +357,7 @@ def test_a_timeout_is_504_naming_the_stage(models):
     with pytest.raises(ServerError) as failed:
         interpret(caller, {"priors": ["canny"], "samples": 1, "caption": "x"})  # type: ignore[arg-type]
     assert failed.value.code == 504
-    assert str(failed.value) == f"score: clip did not answer within {SETTINGS.stage_timeouts.clip}s"
+    assert str(failed.value) == f"score: clip did not answer within {SETTINGS.stage_timeouts['clip']}s"
 
 
 # --- settings ------------------------------------------------------------------------------------

@@ -8,8 +8,15 @@ from render_model_config import deep_merge, render
 from served_models import served_models
 
 from handlers.common import SettingsError, load_settings
-from handlers.model_settings import ClipSettings, DepthSettings, PoseSettings, SamSettings, SdSettings
-from workflows.stages import PipelineSettings
+from handlers.model_settings import (
+    ClipSettings,
+    DepthSettings,
+    InterpretSettings,
+    PipelineSettings,
+    PoseSettings,
+    SamSettings,
+    SdSettings,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {
@@ -60,6 +67,21 @@ def test_a_missing_key_fails_at_load_naming_it_there_is_no_default_in_code(name)
     del limits[removed]
     with pytest.raises(SettingsError, match=rf"handler\.limits\.{removed}: missing"):
         load_settings(SETTINGS[name], {**section, "limits": limits})
+
+
+@pytest.mark.parametrize("name, cls", [("pipeline", PipelineSettings), ("interpret", InterpretSettings)])
+def test_stage_timeouts_name_every_called_model_and_no_other(name, cls):
+    section = handler_section(name)
+    timeouts = dict(section["stage_timeouts"])
+    first = next(iter(timeouts))
+    assert load_settings(cls, section).stage_timeouts == {model: float(s) for model, s in timeouts.items()}
+    with pytest.raises(SettingsError, match=rf"handler\.stage_timeouts: .*{first}x: unknown model"):
+        load_settings(cls, {**section, "stage_timeouts": {**timeouts, f"{first}x": 5}})
+    del timeouts[first]
+    with pytest.raises(SettingsError, match=rf"handler\.stage_timeouts: .*{first}: missing"):
+        load_settings(cls, {**section, "stage_timeouts": timeouts})
+    with pytest.raises(SettingsError, match=rf"handler\.stage_timeouts\.{first}: Input should be greater than 0"):
+        load_settings(cls, {**section, "stage_timeouts": {**section["stage_timeouts"], first: 0}})
 
 
 def test_a_wrong_type_fails_at_load():

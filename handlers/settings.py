@@ -4,11 +4,15 @@ The yaml is the only place a default lives: a settings class declares each key's
 and no value, so a key missing from the yaml, a key the class does not know (a typo such as
 ``max_roi``) or a value of the wrong type fails when the worker loads, naming the key, instead of
 being ignored or replaced by a number written somewhere in code.
+
+This module and handlers/model_settings.py import no torch, so the studio (a web page) reads
+interpret's settings with the same classes the worker does, without loading a model library.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,26 +43,43 @@ class HandlerSettings(Settings):
 
 
 class SettingsError(RuntimeError):
-    """A model-config.yaml that does not match its settings class; the message names each key."""
+    """A settings file that does not match its settings class; the message names each key."""
 
 
 SettingsT = TypeVar("SettingsT", bound=Settings)
 
 
 def load_settings(cls: type[SettingsT], section: Mapping[str, Any], where: str = "handler") -> SettingsT:
-    """``section`` (a yaml mapping) as ``cls``; deployment keys are left out. Raises SettingsError."""
+    """A model-config.yaml's ``section`` (found at ``where``) as ``cls``; deployment keys are left out."""
     values = {key: value for key, value in section.items() if key not in DEPLOYMENT_KEYS}
+    return validate_settings(cls, values, where, source="model-config.yaml")
+
+
+def validate_settings(cls: type[SettingsT], values: Any, where: str, source: str) -> SettingsT:
+    """``values`` (read from the file ``source``, at ``where`` in it) as ``cls``; raises SettingsError
+    naming ``source`` and each key that is unknown, missing or of the wrong type."""
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(_describe(where, error) for error in exc.errors())
-        raise SettingsError(f"model-config.yaml: {problems}") from None
+        raise SettingsError(f"{source}: {problems}") from None
 
 
 def _describe(where: str, error: Any) -> str:
-    key = ".".join([where, *(str(part) for part in error["loc"])])
+    key = ".".join([part for part in (where, *(str(part) for part in error["loc"])) if part]) or "(top)"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if error["type"] == "missing":
         return f"{key}: missing (every setting is written in the yaml; there are no defaults in code)"
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """TorchServe's config.properties (a Java properties file) as a dict; the last value of a key wins."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
