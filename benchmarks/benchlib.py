@@ -255,6 +255,31 @@ def rendered_config(name: str, profile: str, **changes: Any) -> dict[str, Any]:
     return deep_merge(render(REPO / "models" / name / "model-config.yaml", profile, WEIGHTS), changes)
 
 
+# --- in-process handlers -------------------------------------------------------------------------
+def in_process_handler(handler_class: type, name: str, config: dict[str, Any], batch_size: int = 8) -> Any:
+    """``name``'s handler loaded in this process from ``config`` (rendered_config's), as its worker
+    loads it: a real TorchServe ``Context`` (tests/harness.py)."""
+    from harness import make_context
+
+    handler = handler_class()
+    handler.initialize(make_context(name, config, batch_size))
+    return handler
+
+
+def timed_batch(handler: Any, bodies: list[Any]) -> tuple[float, list[dict[str, Any]]]:
+    """One batch through ``handler.handle`` as the worker runs it: (seconds, the answers); an answer
+    other than 200 raises, so a figure is never of errors."""
+    from harness import run_batch
+
+    started = time.perf_counter()
+    results = run_batch(handler, bodies)
+    seconds = time.perf_counter() - started
+    for status, body in results:
+        if status != 200:
+            raise RuntimeError(f"{handler.context.model_name} answered {status}: {body}")
+    return seconds, [body for _, body in results]
+
+
 # --- servers --------------------------------------------------------------------------------------
 def start_server(name: str, store: Path, **overrides: str):
     """A TorchServe (tests/server.py) on free loopback ports over ``store``; returns it started."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from typing import Any
 
 import benchlib as bl
@@ -27,26 +26,10 @@ BATCH = 8
 
 
 def load(profile: str, threads: int | None):
-    from harness import make_context, model_config
-
     from handlers.captioner import Captioner
 
     overrides: dict[str, Any] = {"torch_threads": threads} if threads else {}
-    handler = Captioner()
-    handler.initialize(make_context("caption", model_config("caption", profile=profile, **overrides), BATCH))
-    return handler
-
-
-def timed_batch(handler, bodies: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
-    from harness import run_batch
-
-    started = time.perf_counter()
-    results = run_batch(handler, bodies)
-    seconds = time.perf_counter() - started
-    for status, body in results:
-        if status != 200:
-            raise RuntimeError(f"caption answered {status}: {body}")
-    return seconds, [body for _, body in results]
+    return bl.in_process_handler(Captioner, "caption", bl.rendered_config("caption", profile, handler=overrides), BATCH)
 
 
 def run(
@@ -76,15 +59,15 @@ def run(
     )
     log(f"caption benchmark: {stated}")
     lengths = count_new_tokens(handler)
-    timed_batch(handler, bodies[:1])  # warm-up: first-call allocations and kernel choices
+    bl.timed_batch(handler, bodies[:1])  # warm-up: first-call allocations and kernel choices
 
     batched: list[float] = []
     alone: list[float] = []
     watch = bl.CpuWatch()
     for block in range(repeats):
-        seconds, _ = timed_batch(handler, bodies)
+        seconds, _ = bl.timed_batch(handler, bodies)
         batched.append(BATCH / seconds)
-        singles = sum(timed_batch(handler, [body])[0] for body in bodies)
+        singles = sum(bl.timed_batch(handler, [body])[0] for body in bodies)
         alone.append(BATCH / singles)
         log(f"  block {block + 1}/{repeats}: batch 8 {batched[-1]:.3g} captions/s, batch 1 {alone[-1]:.3g} captions/s")
     busy = watch.stop()
@@ -97,32 +80,22 @@ def run(
     title = f"caption {profile}:"
     figures = [
         bl.figure(
-            f"cap1-{profile}",
-            f"{title} captions/s at batch 8",
-            statistics.median(batched),
-            "captions/s",
+            f"cap{number}-{profile}",
+            f"{title} {what}",
+            statistics.median(samples),
+            unit,
             busy=busy,
             note=note,
-            details={"samples": batched},
-        ),
-        bl.figure(
-            f"cap2-{profile}",
-            f"{title} captions/s at batch 1",
-            statistics.median(alone),
-            "captions/s",
-            busy=busy,
-            note=note,
-            details={"samples": alone},
-        ),
-        bl.figure(
-            f"cap3-{profile}",
-            f"{title} batching gain (batch 8 / batch 1, per block)",
-            statistics.median(gains),
-            "x",
-            busy=busy,
-            note=note,
-            details={"samples": gains},
-        ),
+            details={"samples": samples},
+        )
+        for number, (what, samples, unit) in enumerate(
+            [
+                ("captions/s at batch 8", batched, "captions/s"),
+                ("captions/s at batch 1", alone, "captions/s"),
+                ("batching gain (batch 8 / batch 1, per block)", gains, "x"),
+            ],
+            start=1,
+        )
     ]
     bl.RESULTS.mkdir(parents=True, exist_ok=True)
     (bl.RESULTS / f"caption_{profile}.json").write_text(

@@ -29,7 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +40,16 @@ SETTINGS = {"tiny": (64, 64, 10), "arch": (128, 128, 2)}
 
 
 def load(profile: str, threads: int | None, control_types: list[str] | None = None):
-    from harness import make_context, model_config
-
     from handlers.text_to_image import TextToImage
 
     overrides: dict[str, Any] = {"torch_threads": threads}
     if control_types is not None:
         overrides["control"] = {"types": control_types}
-    handler = TextToImage()
-    handler.initialize(make_context("sd", model_config("sd", profile, **overrides), batch_size=1))
-    return handler
+    return bl.in_process_handler(TextToImage, "sd", bl.rendered_config("sd", profile, handler=overrides), batch_size=1)
 
 
 def timed(handler, body: dict[str, Any]) -> float:
-    from harness import run_batch
-
-    started = time.perf_counter()
-    [(status, answer)] = run_batch(handler, [body])
-    elapsed = time.perf_counter() - started
-    if status != 200:
-        raise SystemExit(f"sd answered {status}: {answer}")
-    return elapsed
+    return bl.timed_batch(handler, [body])[0]
 
 
 def time_figures(profile: str, rounds: int, threads: int | None) -> dict[str, Any]:

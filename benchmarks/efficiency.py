@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import benchlib as bl
 from benchlib import Figure, figure, log
@@ -40,27 +39,6 @@ def sam_body(seed: int) -> bytes:
     return json.dumps(
         {"image": bl.png_b64(bl.picture(320, 240, seed=10_000 + seed)), "roi": [[40, 30, 280, 210]]}
     ).encode()
-
-
-def load_handler(handler_class: type, name: str, config: dict[str, Any], batch_size: int):
-    from harness import make_context
-
-    handler = handler_class()
-    handler.initialize(make_context(name, config, batch_size=batch_size))
-    return handler
-
-
-def run_inprocess(handler, bodies: list[bytes]) -> float:
-    """One batch through ``handler.handle`` (as the worker runs it); seconds."""
-    from harness import run_batch
-
-    started = time.perf_counter()
-    results = run_batch(handler, bodies)
-    elapsed = time.perf_counter() - started
-    bad = [status for status, _ in results if status != 200]
-    if bad:
-        raise RuntimeError(f"in-process batch answered {bad}: {results[0][1]}")
-    return elapsed
 
 
 def server_block(
@@ -133,12 +111,12 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
         caller = bl.Caller(server)
 
         # --- clip: in-process vs server (batch 8), and batch 8 vs batch 1 ----------------------
-        clip = load_handler(
+        clip = bl.in_process_handler(
             ClipScorer, "clip", bl.rendered_config("clip", profile, handler={"torch_threads": threads}), CLIP_BATCH
         )
         bodies = clip_bodies()
         watch = bl.CpuWatch()
-        run_inprocess(clip, bodies[:CLIP_BATCH])  # warm-up
+        bl.timed_batch(clip, bodies[:CLIP_BATCH])  # warm-up
         for name in clip_models.values():
             caller.ok(f"/predictions/{name}", bodies[0])
         rounds = 1 if quick else 2
@@ -159,7 +137,7 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
                 i = 0
                 while time.perf_counter() - started < block:
                     batch = [bodies[(i + k) % len(bodies)] for k in range(CLIP_BATCH)]
-                    add(f"inprocess_t{n}", CLIP_BATCH, run_inprocess(clip, batch))
+                    add(f"inprocess_t{n}", CLIP_BATCH, bl.timed_batch(clip, batch)[0])
                     i += CLIP_BATCH
                 if n == threads:  # the bare forward, in the same round (for the note, no goal)
                     add("forward_only", *forward_only_clip(clip, CLIP_BATCH, 2.0))
@@ -230,7 +208,7 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
         # At batch 1, one worker and seconds per image, the saturated rate is 1/latency to within
         # the few ms of HTTP that a second request in flight would hide.
         sam_config = bl.rendered_config("sam", profile, handler={"torch_threads": threads, "weights_dir": sam_weights})
-        sam = load_handler(Segmenter, "sam", sam_config, SAM_BATCH)
+        sam = bl.in_process_handler(Segmenter, "sam", sam_config, SAM_BATCH)
         sam_label = "ViT-B" if profile == "arch" else profile
         watch = bl.CpuWatch()
         # no warm-up (one image is 8-30 s): each side's first image is in its samples, once each
@@ -247,7 +225,7 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
                 caller.ok("/predictions/sam_vitb", body)
                 samples["server"].append(time.perf_counter() - started)
             else:
-                samples["inprocess"].append(run_inprocess(sam, [body]))
+                samples["inprocess"].append(bl.timed_batch(sam, [body])[0])
         busy = watch.stop()
         del sam
         server_s = sum(samples["server"]) / len(samples["server"])

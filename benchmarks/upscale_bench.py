@@ -19,30 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
 import benchlib as bl  # puts tests/ and scripts/ on the path: harness, served_models)
 
 
-def load(handler_class: type, name: str, profile: str, batch_size: int = 8, **overrides: Any) -> Any:
-    from harness import make_context, model_config
-
-    handler = handler_class()
-    handler.initialize(make_context(name, model_config(name, profile=profile, **overrides), batch_size))
-    return handler
-
-
-def timed(handler: Any, bodies: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
-    from harness import run_batch
-
-    started = time.perf_counter()
-    results = run_batch(handler, bodies)
-    seconds = time.perf_counter() - started
-    for status, body in results:
-        if status != 200:
-            raise RuntimeError(f"answered {status}: {body}")
-    return seconds, [body for _, body in results]
+def load(handler_class: type, name: str, profile: str, **overrides: Any) -> Any:
+    return bl.in_process_handler(handler_class, name, bl.rendered_config(name, profile, handler=overrides))
 
 
 def bench_upscale(profile: str, steps: int, side: int, tiled_side: int, tile: int, threads: int | None) -> None:
@@ -57,13 +40,13 @@ def bench_upscale(profile: str, steps: int, side: int, tiled_side: int, tile: in
         f"upscale ({profile} profile, {steps} steps, guidance {handler.settings.guidance_scale}, "
         f"torch threads {threads or 'default'}):"
     )
-    timed(handler, [{"image": png_b64(sample_image(16, 16)), "steps": 1, "seed": 0}])  # warm-up
+    bl.timed_batch(handler, [{"image": png_b64(sample_image(16, 16)), "steps": 1, "seed": 0}])  # warm-up
     for width, tile_side in ((side, None), (tiled_side, tile)):
         body: dict[str, Any] = {"image": png_b64(sample_image(width, width, seed=1)), "steps": steps, "seed": 1}
         if tile_side:
             body["tile"] = tile_side
         tiles = len(tile_boxes((width, width), tile_side or handler.settings.tile, handler.settings.tile_overlap))
-        seconds, _ = timed(handler, [body])
+        seconds, _ = bl.timed_batch(handler, [body])
         megapixels = (SCALE * width) ** 2 / 1e6
         print(
             f"  {width}x{width} -> {SCALE * width}x{SCALE * width} ({tiles} tile{'s' if tiles > 1 else ''}): "
@@ -83,11 +66,11 @@ def bench_interpolate(frames: int, steps: int, side: int, repeats: int) -> None:
         for r in range(-(-frames // per_request))
     ]
     images_plain = per_request * len(plain)
-    timed(handler, interpolate), timed(handler, plain)  # warm-up
+    bl.timed_batch(handler, interpolate), bl.timed_batch(handler, plain)  # warm-up
     best_interpolate = best_plain = float("inf")
     for _ in range(repeats):  # alternating, best of each: the machine's load hits both
-        best_interpolate = min(best_interpolate, timed(handler, interpolate)[0])
-        best_plain = min(best_plain, timed(handler, plain)[0])
+        best_interpolate = min(best_interpolate, bl.timed_batch(handler, interpolate)[0])
+        best_plain = min(best_plain, bl.timed_batch(handler, plain)[0])
     interpolate_fps, plain_fps = frames / best_interpolate, images_plain / best_plain
     print(f"interpolate vs plain generation (tiny sd, {side}x{side}, {steps} steps, best of {repeats}):")
     print(f"  interpolate, {frames} frames in one request: {best_interpolate:6.2f} s, {interpolate_fps:6.2f} frames/s")

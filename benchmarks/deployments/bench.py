@@ -28,6 +28,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +129,28 @@ def warm_every_model(stack: Stack, models: list[str], bodies: Bodies) -> None:
             raise RuntimeError(f"{stack.name}: warm-up {name} -> {answer.status}: {str(answer.body)[:300]}")
 
 
-def measure_tiny(
-    name: str, plan: dict[str, Any], plan_path: Path, requests_per: dict[str, dict[int, int]], bodies: Bodies
-) -> dict[str, Any]:
+@contextmanager
+def measuring(name: str, plan: dict[str, Any], plan_path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Stack ``name`` (not yet started) and its result; a failure inside is recorded in the result, so
+    a stack that cannot run is reported and the others still run; the stack is stopped after."""
     stack = STACKS[name](plan, plan_path)
     result: dict[str, Any] = {"stack": name}
     watch = bl.CpuWatch()
     try:
+        yield stack, result
+    except Exception as exc:
+        traceback.print_exc()
+        result["failed"] = f"{type(exc).__name__}: {exc}"[:600]
+    finally:
+        # before the stop: a stack's processes count as this benchmark's only while they run
+        result["busy"] = watch.stop()
+        stack.stop()
+
+
+def measure_tiny(
+    name: str, plan: dict[str, Any], plan_path: Path, requests_per: dict[str, dict[int, int]], bodies: Bodies
+) -> dict[str, Any]:
+    with measuring(name, plan, plan_path) as (stack, result):
         log(f"deployments tiny: starting {name}")
         stack.start()
         result["ready_s"] = stack.ready_s
@@ -156,23 +173,13 @@ def measure_tiny(
                 result[f"{key}@{concurrency}"] = load(stack, model, batch, concurrency)
         log(f"deployments tiny: {name} feature probes")
         result["probes"] = features.probe(stack, bodies)
-    except Exception as exc:  # a stack that cannot run is reported, and the others still run
-        traceback.print_exc()
-        result["failed"] = f"{type(exc).__name__}: {exc}"[:600]
-    finally:
-        # before the stop: a stack's processes count as this benchmark's only while they run
-        result["busy"] = watch.stop()
-        stack.stop()
     return result
 
 
 def measure_arch_clip(
     name: str, plan: dict[str, Any], plan_path: Path, requests_per: dict[int, int], bodies: Bodies
 ) -> dict[str, Any]:
-    stack = STACKS[name](plan, plan_path)
-    result: dict[str, Any] = {"stack": name}
-    watch = bl.CpuWatch()
-    try:
+    with measuring(name, plan, plan_path) as (stack, result):
         log(f"deployments arch clip: starting {name}")
         stack.start()
         result["ready_s"] = stack.ready_s
@@ -180,12 +187,6 @@ def measure_arch_clip(
             count = requests_per[concurrency]
             log(f"deployments arch clip: {name} at {concurrency} in flight ({count} requests)")
             result[f"clip@{concurrency}"] = load(stack, "clip", bodies.clip(count + concurrency, 256), concurrency)
-    except Exception as exc:
-        traceback.print_exc()
-        result["failed"] = f"{type(exc).__name__}: {exc}"[:600]
-    finally:
-        result["busy"] = watch.stop()
-        stack.stop()
     return result
 
 
