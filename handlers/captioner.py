@@ -26,18 +26,8 @@ import torch
 from transformers import BertTokenizer, BlipForConditionalGeneration, BlipProcessor
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-from handlers.common import (
-    Batch,
-    BatchHandler,
-    InputError,
-    Result,
-    decode_image,
-    get_int,
-    get_str,
-    reject_unknown,
-    require,
-    weights_dir,
-)
+from handlers.common import InputError, decode_image, get_int, get_str, reject_unknown, require, weights_dir
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.model_settings import CaptionSettings
 
 FIELDS = ("image", "prompt", "max_new_tokens", "num_beams")
@@ -53,7 +43,7 @@ class Captioner(BatchHandler):
         self.processor = BlipProcessor(
             image_processor=BlipImageProcessorPil.from_pretrained(path), tokenizer=BertTokenizer.from_pretrained(path)
         )
-        self.model = BlipForConditionalGeneration.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.model = self.pretrained_model(BlipForConditionalGeneration, path)
         self.max_positions = int(self.model.config.text_config.max_position_embeddings)
         self.generate_calls = 0  # observable in tests: one per group of requests
 

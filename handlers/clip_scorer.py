@@ -22,11 +22,8 @@ import torch
 from transformers import CLIPModel, CLIPProcessor
 
 from handlers.common import (
-    Batch,
-    BatchHandler,
     InputError,
     LimitError,
-    Result,
     crop,
     decode_image,
     get_boxes,
@@ -35,6 +32,7 @@ from handlers.common import (
     require,
     weights_dir,
 )
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.common.compat import pooled_features
 from handlers.common.payload import json_type
 from handlers.common.vocabulary import DEFAULT_CONCEPTS
@@ -48,9 +46,7 @@ class ClipScorer(BatchHandler):
     settings: ClipSettings
 
     def load(self, context: Any) -> None:
-        path = weights_dir(context)
-        self.processor = CLIPProcessor.from_pretrained(path)
-        self.model = CLIPModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.processor, self.model = self.pretrained(CLIPProcessor, CLIPModel, weights_dir(context))
         self.text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.default_concepts = list(self.settings.concepts or DEFAULT_CONCEPTS)
         self.image_forwards = 0  # observable in tests: one per batch

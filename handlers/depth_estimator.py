@@ -24,16 +24,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-from handlers.common import (
-    Batch,
-    BatchHandler,
-    Result,
-    decode_image,
-    encode_png,
-    reject_unknown,
-    require,
-    weights_dir,
-)
+from handlers.common import decode_image, encode_png, reject_unknown, require, weights_dir
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.common.drawing import colorize, depth_control_image, to_uint16
 from handlers.model_settings import DepthSettings
 
@@ -46,9 +38,9 @@ class DepthEstimator(BatchHandler):
     settings: DepthSettings
 
     def load(self, context: Any) -> None:
-        path = weights_dir(context)
-        self.processor = AutoImageProcessor.from_pretrained(path)
-        self.model = AutoModelForDepthEstimation.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.processor, self.model = self.pretrained(
+            AutoImageProcessor, AutoModelForDepthEstimation, weights_dir(context)
+        )
         self.input_size = self._input_size(self.settings.input_size)
         depth_type = getattr(self.model.config, "depth_estimation_type", "relative")
         self.metric = depth_type == "metric"

@@ -13,7 +13,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from handlers.common import Batch, BatchHandler, InputError, Result, ServerError
+from handlers.common import InputError, ServerError
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.model_settings import InterpretSettings
 from workflows.connect import pipeline_caller
 from workflows.interpret import InterpretRequest, parse_request, run_interpret

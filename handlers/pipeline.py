@@ -12,7 +12,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from handlers.common import Batch, BatchHandler, InputError, Result, ServerError
+from handlers.common import InputError, ServerError
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.model_settings import PipelineSettings
 from workflows.connect import pipeline_caller
 from workflows.stages import PipelineRequest, parse_request, run_pipeline

@@ -24,17 +24,8 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoModelForObjectDetection, VitPoseForPoseEstimation
 
-from handlers.common import (
-    Batch,
-    BatchHandler,
-    Result,
-    decode_image,
-    encode_png,
-    get_boxes,
-    reject_unknown,
-    require,
-    weights_dir,
-)
+from handlers.common import decode_image, encode_png, get_boxes, reject_unknown, require, weights_dir
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.common.boxes import box_nms
 from handlers.common.compat import vitpose_safe_image
 from handlers.common.drawing import COCO_KEYPOINT_NAMES, COCO_SKELETON, draw_pose, fit_within
@@ -52,9 +43,9 @@ class PoseEstimator(BatchHandler):
 
     def load(self, context: Any) -> None:
         root = weights_dir(context)
-        self.pose_processor = AutoImageProcessor.from_pretrained(root / "vitpose")
-        self.pose_model = VitPoseForPoseEstimation.from_pretrained(root / "vitpose", dtype=self.dtype)
-        self.pose_model.to(self.device).eval()
+        self.pose_processor, self.pose_model = self.pretrained(
+            AutoImageProcessor, VitPoseForPoseEstimation, root / "vitpose"
+        )
         labels = self.pose_model.config.num_labels
         if labels == len(COCO_KEYPOINT_NAMES):
             self.keypoint_names, self.skeleton = list(COCO_KEYPOINT_NAMES), COCO_SKELETON
@@ -64,13 +55,6 @@ class PoseEstimator(BatchHandler):
         self.moe = int(getattr(self.pose_model.config.backbone_config, "num_experts", 1) or 1) > 1
 
         settings = self.settings
-        self.detector_threshold = settings.detector_threshold
-        self.nms_iou = settings.detector_nms_iou
-        self.min_box_side = settings.min_box_side
-        self.keypoint_threshold = settings.keypoint_threshold
-        self.overlay_max_side = settings.overlay_max_side
-        self.max_people = settings.limits.max_people
-        self.max_rois = settings.limits.max_rois
         self.detector: Any = None
         self.detector_processor: Any = None
         self.detector_unavailable: str | None = "the detector is turned off (handler.use_detector: false)"
@@ -82,8 +66,7 @@ class PoseEstimator(BatchHandler):
     def _load_detector(self, path, person_label: str) -> None:
         """The detector is optional: without it every request that has no ``roi`` gets the whole image."""
         try:
-            processor = AutoImageProcessor.from_pretrained(path)
-            model = AutoModelForObjectDetection.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+            processor, model = self.pretrained(AutoImageProcessor, AutoModelForObjectDetection, path)
         except Exception as exc:  # missing directory, unreadable weights: serve on, say so per request
             logger.warning(
                 "pose: no person detector (%s: %s); requests without roi use the whole image", type(exc).__name__, exc
@@ -101,7 +84,7 @@ class PoseEstimator(BatchHandler):
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
         reject_unknown(payload, FIELDS)
         image = decode_image(require(payload, "image"), self.settings.limits)
-        boxes = get_boxes(payload, "roi", image_size=image.size, max_items=self.max_rois)
+        boxes = get_boxes(payload, "roi", image_size=image.size, max_items=self.settings.limits.max_rois)
         return {"image": image, "roi": boxes}
 
     @torch.inference_mode()
@@ -157,8 +140,8 @@ class PoseEstimator(BatchHandler):
                 None
                 if people
                 else (
-                    f"the detector found no person scoring above {self.detector_threshold}"
-                    f" in a box at least {self.min_box_side:g} px on each side"
+                    f"the detector found no person scoring above {self.settings.detector_threshold}"
+                    f" in a box at least {self.settings.min_box_side:g} px on each side"
                 )
             )
             found.append((people, reason))
@@ -183,18 +166,20 @@ class PoseEstimator(BatchHandler):
 
     def person_boxes(self, scores: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> list[dict[str, Any]]:
         width, height = size
-        keep = scores > self.detector_threshold
+        keep = scores > self.settings.detector_threshold
         scores, boxes = scores[keep], boxes[keep].copy()
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
         big = (
-            ((boxes[:, 2] - boxes[:, 0]) >= min(self.min_box_side, width))
-            & ((boxes[:, 3] - boxes[:, 1]) >= min(self.min_box_side, height))
+            ((boxes[:, 2] - boxes[:, 0]) >= min(self.settings.min_box_side, width))
+            & ((boxes[:, 3] - boxes[:, 1]) >= min(self.settings.min_box_side, height))
             & (boxes[:, 2] > boxes[:, 0])
             & (boxes[:, 3] > boxes[:, 1])
         )
         boxes, scores = boxes[big], scores[big]
-        chosen = box_nms(torch.as_tensor(boxes), torch.as_tensor(scores), self.nms_iou)[: self.max_people].tolist()
+        chosen = box_nms(torch.as_tensor(boxes), torch.as_tensor(scores), self.settings.detector_nms_iou)[
+            : self.settings.limits.max_people
+        ].tolist()
         return [{"box": [round(float(v), 2) for v in boxes[i]], "score": round(float(scores[i]), 4)} for i in chosen]
 
     # --- ViTPose: keypoints per box --------------------------------------------------------------
@@ -226,11 +211,11 @@ class PoseEstimator(BatchHandler):
         return keypoints
 
     def respond(self, image, people: list[dict[str, Any]], source: dict[str, Any]) -> dict[str, Any]:
-        canvas, scale = fit_within(image, self.overlay_max_side)
+        canvas, scale = fit_within(image, self.settings.overlay_max_side)
         overlay = draw_pose(
             canvas,
             people,
-            threshold=self.keypoint_threshold,
+            threshold=self.settings.keypoint_threshold,
             scale=scale,
             skeleton=self.skeleton,
             names=self.keypoint_names,
@@ -248,5 +233,5 @@ class PoseEstimator(BatchHandler):
             "overlay": encode_png(overlay),
         }
         if self.skeleton == COCO_SKELETON:  # OpenPose's body is drawn from COCO-17 keypoints
-            result["control_image"] = encode_png(draw_openpose(image.size, people, self.keypoint_threshold))
+            result["control_image"] = encode_png(draw_openpose(image.size, people, self.settings.keypoint_threshold))
         return result

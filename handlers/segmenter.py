@@ -43,11 +43,8 @@ import torch.nn.functional as F
 from transformers import SamModel, SamProcessor
 
 from handlers.common import (
-    Batch,
-    BatchHandler,
     InputError,
     LimitError,
-    Result,
     check_number,
     decode_image,
     get_bool,
@@ -57,6 +54,7 @@ from handlers.common import (
     require,
     weights_dir,
 )
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.common.boxes import box_nms
 from handlers.common.masks import encode_mask, encoded_size_bound, masks_to_boxes, stability_scores
 from handlers.model_settings import SamSettings
@@ -74,32 +72,21 @@ class Segmenter(BatchHandler):
     settings: SamSettings
 
     def load(self, context: Any) -> None:
-        path = weights_dir(context)
-        self.processor = SamProcessor.from_pretrained(path)
+        self.processor, self.model = self.pretrained(SamProcessor, SamModel, weights_dir(context))
         self.image_processor = self.processor.image_processor
-        self.model = SamModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         pad = self.image_processor.pad_size
         self.pad_size = (int(pad["height"]), int(pad["width"]))
         self.input_side = int(self.image_processor.size["longest_edge"])
 
         self.cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int]]] = OrderedDict()
-        settings = self.settings
-        self.cache_size = settings.embedding_cache_size
-        self.mask_threshold = settings.mask_threshold
-        self.polygon_epsilon = settings.polygon_epsilon
-        self.polygon_max_points = settings.polygon_max_points
-        self.max_boxes = settings.limits.max_boxes
-        self.max_points = settings.limits.max_points
-        self.max_masks = settings.limits.max_masks
-        self.max_automatic_masks = min(settings.automatic.max_masks, self.max_masks)
-        self.max_response_bytes = settings.limits.max_response_bytes
+        self.max_automatic_masks = min(self.settings.automatic.max_masks, self.settings.limits.max_masks)
         self.worst_case_response = self.worst_case_response_bytes()
-        if self.worst_case_response > self.max_response_bytes:
+        if self.worst_case_response > self.settings.limits.max_response_bytes:
             logger.warning(
                 "sam: a legal request could need %d response bytes, over max_response_bytes=%d; "
                 "such responses are refused with a 413 (lower max_masks or the image limits)",
                 self.worst_case_response,
-                self.max_response_bytes,
+                self.settings.limits.max_response_bytes,
             )
 
         # observable in tests and benchmarks
@@ -111,10 +98,10 @@ class Segmenter(BatchHandler):
         side, pixels = self.settings.limits.max_image_side, self.settings.limits.max_image_pixels
         other = max(1, min(side, pixels // side))
         per_mask = max(
-            encoded_size_bound(other, side, self.polygon_max_points),
-            encoded_size_bound(side, other, self.polygon_max_points),
+            encoded_size_bound(other, side, self.settings.polygon_max_points),
+            encoded_size_bound(side, other, self.settings.polygon_max_points),
         )
-        return self.max_masks * per_mask + RESPONSE_OVERHEAD
+        return self.settings.limits.max_masks * per_mask + RESPONSE_OVERHEAD
 
     # --- requests ------------------------------------------------------------------------------
     def parse(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -125,18 +112,18 @@ class Segmenter(BatchHandler):
             raise InputError(
                 "image", f"is {size[0]}x{size[1]}: too elongated to resize to a longest side of {self.input_side}"
             )
-        boxes = get_boxes(payload, "roi", image_size=size, max_items=self.max_boxes)
-        points = get_points(payload, "points", image_size=size, max_items=self.max_points)
+        boxes = get_boxes(payload, "roi", image_size=size, max_items=self.settings.limits.max_boxes)
+        points = get_points(payload, "points", image_size=size, max_items=self.settings.limits.max_points)
         labels = self._labels(payload, points)
         multimask = get_bool(payload, "multimask", False)
         if boxes or points:
             prompts = len(boxes) if boxes else 1
             masks = prompts * (CANDIDATES if multimask else 1)
-            if masks > self.max_masks:
+            if masks > self.settings.limits.max_masks:
                 raise LimitError(
                     "roi" if boxes else "multimask",
                     f"{prompts} prompt(s) x {CANDIDATES if multimask else 1} mask(s) = {masks} masks; "
-                    f"the limit is {self.max_masks} per request",
+                    f"the limit is {self.settings.limits.max_masks} per request",
                 )
         key = hashlib.blake2b(image.tobytes(), digest_size=16, person=b"sam-embed")
         key.update(f"{size[0]}x{size[1]}".encode())
@@ -211,10 +198,10 @@ class Segmenter(BatchHandler):
             for key, embedding, reshaped in zip(missing, encoded, inputs["reshaped_input_sizes"].tolist()):
                 found[key] = (embedding[None], (int(reshaped[0]), int(reshaped[1])))
         for key in keys:
-            if self.cache_size > 0:
+            if self.settings.embedding_cache_size > 0:
                 self.cache[key] = found[key]
                 self.cache.move_to_end(key)
-        while len(self.cache) > max(self.cache_size, 0):
+        while len(self.cache) > max(self.settings.embedding_cache_size, 0):
             self.cache.popitem(last=False)
         return [found[key] for key in keys], hits
 
@@ -284,8 +271,8 @@ class Segmenter(BatchHandler):
             if iou_thresh > 0:
                 keep &= scores > iou_thresh
             if stability_thresh > 0:
-                keep &= stability_scores(valid, self.mask_threshold, offset) > stability_thresh
-            boxes = masks_to_boxes(valid > self.mask_threshold)
+                keep &= stability_scores(valid, self.settings.mask_threshold, offset) > stability_thresh
+            boxes = masks_to_boxes(valid > self.settings.mask_threshold)
             keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # not empty
             logits_kept.append(logits[keep])
             scores_kept.append(scores[keep])
@@ -307,7 +294,7 @@ class Segmenter(BatchHandler):
             masks = F.interpolate(chunk[:, None].float(), self.pad_size, mode="bilinear", align_corners=False)
             masks = masks[..., : reshaped[0], : reshaped[1]]
             masks = F.interpolate(masks, original, mode="bilinear", align_corners=False)
-            out.append((masks[:, 0] > self.mask_threshold).cpu())
+            out.append((masks[:, 0] > self.settings.mask_threshold).cpu())
         if not out:
             return np.zeros((0, *original), dtype=bool)
         return torch.cat(out).numpy()
@@ -315,19 +302,20 @@ class Segmenter(BatchHandler):
     # --- the response --------------------------------------------------------------------------
     def respond(self, masks: np.ndarray, scores: list[float], *, automatic: bool) -> dict[str, Any]:
         encoded = [
-            encode_mask(mask, epsilon=self.polygon_epsilon, max_points=self.polygon_max_points) for mask in masks
+            encode_mask(mask, epsilon=self.settings.polygon_epsilon, max_points=self.settings.polygon_max_points)
+            for mask in masks
         ]
         sizes = [_json_size(item) for item in encoded]
         total = RESPONSE_OVERHEAD + sum(sizes)
-        if total > self.max_response_bytes:
+        if total > self.settings.limits.max_response_bytes:
             if not automatic:
                 raise LimitError(
                     "image",
                     f"the masks would take about {total} bytes, over the response limit of "
-                    f"{self.max_response_bytes}: send a smaller image or fewer prompts",
+                    f"{self.settings.limits.max_response_bytes}: send a smaller image or fewer prompts",
                     code=413,
                 )
-            while encoded and total > self.max_response_bytes:  # automatic: drop the weakest masks
+            while encoded and total > self.settings.limits.max_response_bytes:  # automatic: drop the weakest masks
                 total -= sizes.pop()
                 encoded.pop()
                 scores = scores[: len(encoded)]

@@ -67,11 +67,8 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from handlers.common import (
-    Batch,
-    BatchHandler,
     InputError,
     LimitError,
-    Result,
     check_number,
     check_str,
     decode_image,
@@ -85,6 +82,7 @@ from handlers.common import (
     reject_unknown,
     weights_dir,
 )
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.common.payload import json_type
 from handlers.model_settings import ControlType, SdSettings
 
@@ -180,8 +178,7 @@ class TextToImage(BatchHandler):
                     control_type,
                 )
                 continue
-            net = ControlNetModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
-            controlnets[control_type] = net
+            controlnets[control_type] = self.pretrained_model(ControlNetModel, folder)
         logger.info("sd: ControlNets loaded: %s", ", ".join(controlnets) or "none")
         return controlnets
 

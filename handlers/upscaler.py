@@ -40,11 +40,8 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from PIL import Image
 
 from handlers.common import (
-    Batch,
-    BatchHandler,
     InputError,
     LimitError,
-    Result,
     check_number,
     decode_image,
     encode_png,
@@ -55,6 +52,7 @@ from handlers.common import (
     require,
     weights_dir,
 )
+from handlers.common.base import Batch, BatchHandler, Result
 from handlers.model_settings import UpscaleSettings
 from handlers.text_to_image import SEED_SPACE, forward_per_image
 

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import typing
+from pathlib import Path
 from typing import Any
 
 from handlers.settings import HandlerSettings, load_settings
@@ -110,6 +111,16 @@ class BatchHandler(abc.ABC):
     @abc.abstractmethod
     def infer(self, requests: list[Any], batch: Batch) -> list[Result]:
         """Run the model once for all parsed requests; one result (or error) per request, in order."""
+
+    # --- what load() uses --------------------------------------------------------------------
+    def pretrained_model(self, model_class: Any, path: Path) -> Any:
+        """``model_class`` from the directory ``path`` with the library's own ``from_pretrained``, in
+        this worker's dtype, on its device, in eval mode."""
+        return model_class.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+
+    def pretrained(self, processor_class: Any, model_class: Any, path: Path) -> tuple[Any, Any]:
+        """The processor and the model saved together in ``path`` (the model as :meth:`pretrained_model`)."""
+        return processor_class.from_pretrained(path), self.pretrained_model(model_class, path)
 
     # --- TorchServe entry points -------------------------------------------------------------
     def initialize(self, context: Any) -> None:

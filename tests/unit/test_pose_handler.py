@@ -70,7 +70,7 @@ def test_detector_finds_people_without_roi(pose):
     assert body["boxes_from"] == "detector"
     assert pose.detector_forwards == before + 1
     check_people(body, (120, 90))
-    assert 1 <= len(body["people"]) <= pose.max_people == 10
+    assert 1 <= len(body["people"]) <= pose.settings.limits.max_people == 10
     scores = [p["score"] for p in body["people"]]
     assert scores == sorted(scores, reverse=True)
 
