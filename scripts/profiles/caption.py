@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-from .sizes import TINY_TOWER, TINY_VIT
+from .sizes import TINY_TOWER, TINY_VIT, tower
 
 PRETRAINED = {"caption": "Salesforce/blip-image-captioning-large"}
 
@@ -113,26 +113,10 @@ def config(profile: str, tokenizer: BertTokenizer) -> BlipConfig:
         vision = dict(**TINY_VIT, projection_dim=32, initializer_range=_RANDOM_VISION_INIT)
         return BlipConfig(text_config=text, vision_config=vision, projection_dim=32, image_text_hidden_size=32)
     # Salesforce/blip-image-captioning-large: ViT-L/16 at 384 and a BERT-base decoder
-    text = dict(
-        vocab_size=_HUB_VOCAB_SIZE,
-        **special,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        projection_dim=768,
-        max_position_embeddings=512,
-    )
-    vision = dict(
-        image_size=384,
-        patch_size=16,
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        projection_dim=512,
-        initializer_range=_RANDOM_VISION_INIT,
-    )
+    bert_base = tower(width=768, layers=12, heads=12, mlp=3072)
+    text = dict(vocab_size=_HUB_VOCAB_SIZE, **special, **bert_base, projection_dim=768, max_position_embeddings=512)
+    vit_large = dict(image_size=384, patch_size=16, **tower(width=1024, layers=24, heads=16, mlp=4096))
+    vision = dict(**vit_large, projection_dim=512, initializer_range=_RANDOM_VISION_INIT)
     return BlipConfig(text_config=text, vision_config=vision, projection_dim=512, image_text_hidden_size=256)
 
 

@@ -13,6 +13,8 @@ from transformers import RTDetrConfig, RTDetrForObjectDetection, VitPoseConfig, 
 from transformers.models.rt_detr.image_processing_pil_rt_detr import RTDetrImageProcessorPil
 from transformers.models.vitpose.image_processing_pil_vitpose import VitPoseImageProcessorPil
 
+from .layouts import vit_backbone
+
 PRETRAINED = {"pose/vitpose": "usyd-community/vitpose-base-simple", "pose/detector": "PekingU/rtdetr_r50vd_coco_o365"}
 
 # id2label of usyd-community/vitpose-base-simple
@@ -128,28 +130,10 @@ def _labels(names) -> dict:
 
 def vitpose_config(profile: str) -> VitPoseConfig:
     if profile == "tiny":
-        backbone = dict(
-            model_type="vitpose_backbone",
-            image_size=[64, 48],
-            patch_size=[16, 16],
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            mlp_ratio=2,
-            out_indices=[2],
-        )
-    else:  # ViTPose-B: ViT-B/16 on 256x192 crops, last layer into the simple decoder
-        backbone = dict(
-            model_type="vitpose_backbone",
-            image_size=[256, 192],
-            patch_size=[16, 16],
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            mlp_ratio=4,
-            out_indices=[12],
-            layer_norm_eps=1e-6,
-        )
+        sizes = dict(image_size=[64, 48], width=32, layers=2, heads=2, mlp_ratio=2)
+    else:  # ViTPose-B: ViT-B/16 on 256x192 crops
+        sizes = dict(image_size=[256, 192], width=768, layers=12, heads=12, mlp_ratio=4, layer_norm_eps=1e-6)
+    backbone = vit_backbone("vitpose_backbone", patch_size=[16, 16], outputs=1, **sizes)  # last layer into the decoder
     return VitPoseConfig(backbone_config=backbone, use_simple_decoder=True, scale_factor=4, **_labels(KEYPOINT_LABELS))
 
 
@@ -169,53 +153,43 @@ def vitpose_processor(config: VitPoseConfig) -> VitPoseImageProcessorPil:
 def detector_config(profile: str) -> RTDetrConfig:
     labels = _labels(COCO_LABELS)
     if profile == "tiny":
-        backbone = dict(
-            model_type="rt_detr_resnet",
-            embedding_size=8,
-            hidden_sizes=[8, 16, 24, 32],
-            depths=[1, 1, 1, 1],
-            layer_type="basic",
-            out_indices=[2, 3, 4],
-        )
+        backbone = _resnet(stem=8, widths=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic")
+        # a 16-wide hybrid encoder on the backbone's last three stages; one decoder layer, 20 queries, no denoising
+        encoder = dict(encoder_hidden_dim=16, encoder_ffn_dim=32, encoder_attention_heads=2)
+        decoder = dict(decoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2, decoder_n_points=2)
         return RTDetrConfig(
             backbone_config=backbone,
-            encoder_in_channels=[16, 24, 32],
-            encoder_hidden_dim=16,
-            encoder_ffn_dim=32,
-            encoder_attention_heads=2,
             d_model=16,
+            encoder_in_channels=[16, 24, 32],
             decoder_in_channels=[16, 16, 16],
-            decoder_ffn_dim=32,
-            decoder_layers=1,
-            decoder_attention_heads=2,
-            decoder_n_points=2,
+            **encoder,
+            **decoder,
             num_queries=20,
             num_denoising=0,
             **labels,
         )
     # rtdetr_r50vd: ResNet-50-vd backbone, the config's defaults otherwise
-    backbone = dict(
-        model_type="rt_detr_resnet",
-        embedding_size=64,
-        hidden_sizes=[256, 512, 1024, 2048],
+    backbone = _resnet(
+        stem=64,
+        widths=[256, 512, 1024, 2048],
         depths=[3, 4, 6, 3],
         layer_type="bottleneck",
         downsample_in_bottleneck=True,
-        out_indices=[2, 3, 4],
     )
     return RTDetrConfig(backbone_config=backbone, **labels)
 
 
+def _resnet(*, stem: int, widths: list[int], depths: list[int], layer_type: str, **extra) -> dict:
+    """RT-DETR's ResNet backbone: a ``stem``-wide embedding, then four stages, the last three into the encoder."""
+    stages = dict(hidden_sizes=widths, depths=depths, layer_type=layer_type, **extra)
+    return dict(model_type="rt_detr_resnet", embedding_size=stem, **stages, out_indices=[2, 3, 4])
+
+
 def detector_processor(side: int) -> RTDetrImageProcessorPil:
-    # as the hub's preprocessor_config.json: plain 0..1 scaling, no mean/std normalisation
-    return RTDetrImageProcessorPil(
-        size={"height": side, "width": side},
-        do_resize=True,
-        resample=2,
-        do_rescale=True,
-        do_normalize=False,
-        do_pad=False,
-    )
+    # as the hub's preprocessor_config.json: a bilinear resize to side x side, then plain 0..1 scaling,
+    # no mean/std normalisation, no padding
+    resize = dict(size={"height": side, "width": side}, do_resize=True, resample=2)
+    return RTDetrImageProcessorPil(**resize, do_rescale=True, do_normalize=False, do_pad=False)
 
 
 def build(profile: str, root: Path) -> None:

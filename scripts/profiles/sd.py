@@ -33,6 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from handlers.model_settings import ControlType
 
+from .layouts import sd_vae
 from .tokenizer import build_tokenizer, full_text_tower, tiny_text_tower
 
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)  # every type the handler knows; the yaml picks what it loads
@@ -79,26 +80,9 @@ def unet_config(profile: str) -> dict:
 
 def vae_config(profile: str) -> dict:
     if profile == "tiny":
-        blocks = (16, 16, 32, 32)  # 4 levels: scale factor 8, as SD's; no mid-block attention (cheap at 512x512)
-        return dict(
-            block_out_channels=blocks,
-            layers_per_block=1,
-            latent_channels=4,
-            sample_size=64,
-            norm_num_groups=16,
-            mid_block_add_attention=False,
-            down_block_types=("DownEncoderBlock2D",) * len(blocks),
-            up_block_types=("UpDecoderBlock2D",) * len(blocks),
-        )
-    blocks = (128, 256, 512, 512)  # v1-4 vae/config.json
-    return dict(
-        block_out_channels=blocks,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * len(blocks),
-        up_block_types=("UpDecoderBlock2D",) * len(blocks),
-    )
+        # 4 levels: scale factor 8, as SD's; no mid-block attention (cheap at 512x512)
+        return sd_vae((16, 16, 32, 32), layers=1, sample_size=64, norm_num_groups=16, mid_block_add_attention=False)
+    return sd_vae((128, 256, 512, 512), layers=2, sample_size=512)  # v1-4 vae/config.json
 
 
 def text_config(profile: str, tokenizer) -> CLIPTextConfig:

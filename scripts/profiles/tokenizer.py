@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
-from .sizes import TINY_TOWER
+from .sizes import TINY_TOWER, tower
 
 _COMMON_WORDS = ("a", "the", "of", "photo", "and", "in", "on", "with", "cat", "dog", "person", "car")
 
@@ -78,10 +78,7 @@ def full_text_tower(
     return {
         "vocab_size": 49408,
         **special_ids(tokenizer),
-        "hidden_size": width,
-        "intermediate_size": 4 * width,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
+        **tower(width=width, layers=layers, heads=heads, mlp=4 * width),
         "max_position_embeddings": 77,
         "projection_dim": projection_dim,
         "hidden_act": hidden_act,

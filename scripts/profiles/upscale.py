@@ -30,6 +30,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from .layouts import sd_vae
 from .tokenizer import build_tokenizer, full_text_tower, tiny_text_tower
 
 PRETRAINED = {"upscale": "stabilityai/stable-diffusion-x4-upscaler"}
@@ -78,17 +79,10 @@ def unet_config(profile: str) -> dict:
 
 
 def vae_config(profile: str) -> dict:
-    blocks = (16, 16, 32) if profile == "tiny" else (128, 256, 512)  # 3 levels: latents x4 = pixels
-    return dict(
-        block_out_channels=blocks,
-        layers_per_block=1 if profile == "tiny" else 2,
-        latent_channels=4,
-        norm_num_groups=16 if profile == "tiny" else 32,
-        sample_size=256 if profile != "tiny" else 128,
-        scaling_factor=VAE_SCALING_FACTOR,
-        down_block_types=("DownEncoderBlock2D",) * len(blocks),
-        up_block_types=("UpDecoderBlock2D",) * len(blocks),
-    )
+    # 3 levels: latents x4 = pixels
+    if profile == "tiny":
+        return sd_vae((16, 16, 32), layers=1, sample_size=128, norm_num_groups=16, scaling_factor=VAE_SCALING_FACTOR)
+    return sd_vae((128, 256, 512), layers=2, sample_size=256, norm_num_groups=32, scaling_factor=VAE_SCALING_FACTOR)
 
 
 def text_config(profile: str, tokenizer) -> CLIPTextConfig:
