@@ -11,6 +11,9 @@ from served_models import (  # scripts/served_models.py (pytest.ini puts scripts
 
 REPO = Path(__file__).resolve().parent.parent
 
+# the shared assertion helpers, rewritten as a test module's asserts are: a failure shows its values
+pytest.register_assert_rewrite("harness", "client_cli")
+
 # every model the server registers, in registration order (the light `pipeline` after what it calls)
 MODELS = served_models()
 

@@ -74,6 +74,16 @@ def run_batch(handler: Any, bodies: list[Any]) -> list[tuple[int, dict[str, Any]
     return [(context.get_response_status(i)[0], json.loads(out)) for i, out in enumerate(outputs)]
 
 
+def assert_names_the_field(status: int, error: dict[str, Any], field: str, message: str | None = None) -> None:
+    """A handler's refusal of one request: a 4xx in the JSON error shape, its message naming ``field``
+    first and, where ``message`` is given, starting with it."""
+    assert 400 <= status < 500, error
+    assert error["code"] == status and error["type"] in ("InvalidInput", "LimitExceeded")
+    assert error["message"].startswith(f"{field}: "), error
+    if message:
+        assert error["message"].startswith(message), error
+
+
 def sample_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 
@@ -32,13 +32,20 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def render_config(model_store: Path, ports: dict[str, int], overrides: dict[str, str] | None = None) -> str:
-    values = {
+def loopback_addresses(ports: dict[str, int]) -> dict[str, str]:
+    """TorchServe's listening settings (config.properties keys) for ``ports``, all on loopback."""
+    return {
         "inference_address": f"http://127.0.0.1:{ports['inference']}",
         "management_address": f"http://127.0.0.1:{ports['management']}",
         "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
         "grpc_inference_port": str(ports["grpc_inference"]),
         "grpc_management_port": str(ports["grpc_management"]),
+    }
+
+
+def render_config(model_store: Path, ports: dict[str, int], overrides: dict[str, str] | None = None) -> str:
+    values = {
+        **loopback_addresses(ports),
         "model_store": str(model_store),
         "workflow_store": str(model_store),
         **(overrides or {}),
@@ -53,7 +60,64 @@ def render_config(model_store: Path, ports: dict[str, int], overrides: dict[str,
     return "\n".join(lines) + "\n"
 
 
-class TorchServe:
+class ChildServer:
+    """A server run as this process's child in a session of its own (``start_new_session=True``), so
+    that stopping it stops whatever it started: TorchServe here, the studio in tests/studio_harness.py.
+    A subclass says how to tell it is ready and where to look when it is not."""
+
+    name: str  # the server, in errors
+    poll_interval: float  # seconds between readiness checks
+    stop_grace: float  # seconds from SIGTERM to SIGKILL
+    # what a readiness check raises while the server is still starting: the check counts as "not yet"
+    not_yet: tuple[type[Exception], ...] = (requests.RequestException,)
+    process: subprocess.Popen | None = None
+    log: IO[str]  # the server's output, opened by the subclass before it launches
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def where_to_look(self) -> str:
+        raise NotImplementedError
+
+    def launch(self, command: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float) -> None:
+        """Run ``command`` (its output into :attr:`log`) and wait until it is ready."""
+        self.process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.wait_until_ready(timeout)
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """RuntimeError as soon as the process has exited, TimeoutError after ``timeout`` seconds."""
+        assert self.process is not None, "start the process first"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.where_to_look()}")
+            try:
+                if self.ready():
+                    return
+            except self.not_yet:
+                pass
+            time.sleep(self.poll_interval)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s: {self.where_to_look()}")
+
+    def stop_process(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.stop_grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+class TorchServe(ChildServer):
+    name = "TorchServe"
+    poll_interval = 0.5
+    stop_grace = 60
+    # until the key file is written and /ping answers JSON, a check fails in one of these ways
+    not_yet = (requests.RequestException, FileNotFoundError, KeyError, ValueError)
+
     def __init__(
         self,
         run_dir: Path,
@@ -94,7 +158,7 @@ class TorchServe:
         }
         self.log = open(self.run_dir / "torchserve.out", "w")
         # --foreground keeps the JVM our child, so a crashed test run never leaves it behind
-        self.process = subprocess.Popen(
+        self.launch(
             [
                 str(VENV_BIN / "torchserve"),
                 "--start",
@@ -107,30 +171,18 @@ class TorchServe:
             ],
             cwd=self.run_dir,
             env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            timeout=timeout,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"TorchServe exited: see {self.run_dir / 'torchserve.out'}")
-            try:
-                if self.get("inference", "/ping", timeout=2).json().get("status") == "Healthy":
-                    return self
-            except (requests.RequestException, FileNotFoundError, KeyError, ValueError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"TorchServe not healthy after {timeout}s: see {self.run_dir}")
+        return self
+
+    def ready(self) -> bool:
+        return self.get("inference", "/ping", timeout=2).json().get("status") == "Healthy"
+
+    def where_to_look(self) -> str:
+        return f"see {self.run_dir / 'torchserve.out'}"
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        self.stop_process()
         self.session.close()
 
     def register(self, name: str, workflow: bool = False, timeout: float = 600) -> None:

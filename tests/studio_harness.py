@@ -4,8 +4,6 @@ data folder and a yaml pointing at a real TorchServe; and the page's steps over 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +12,7 @@ from typing import Any
 
 import requests
 import yaml
-from server import free_ports
+from server import ChildServer, free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,8 +29,12 @@ CHROMIUM_ARGS = [
 OUTPUTS = REPO / "outputs"
 
 
-class StudioProcess:
+class StudioProcess(ChildServer):
     """One studio: its yaml (studio/studio.yaml with the port, data folder and TorchServe changed)."""
+
+    name = "the studio"
+    poll_interval = 0.2
+    stop_grace = 20
 
     def __init__(self, root: Path, inference_url: str, management_url: str, key_file: Path | None, **limits: Any):
         self.root = root
@@ -58,34 +60,19 @@ class StudioProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> StudioProcess:
-        self.log = open(self.root / "studio.log", "a")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "studio", "--config", str(self.config), "serve"],
-            cwd=REPO,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the studio exited: {(self.root / 'studio.log').read_text()[-2000:]}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=5).status_code in (200, 503):
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"the studio did not answer at {self.url}")
+        self.log = open(self.root / "studio.log", "a")  # appended to: a restart keeps what came before
+        self.launch([sys.executable, "-m", "studio", "--config", str(self.config), "serve"], cwd=REPO, timeout=timeout)
+        return self
+
+    def ready(self) -> bool:
+        # 503: the studio is up and answering, with TorchServe (or a model) not ready behind it
+        return requests.get(self.url + "/healthz", timeout=5).status_code in (200, 503)
+
+    def where_to_look(self) -> str:
+        return f"{self.url}, its log ending: {(self.root / 'studio.log').read_text()[-2000:]}"
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        self.stop_process()
         self.log.close()
 
     def restart(self) -> StudioProcess:

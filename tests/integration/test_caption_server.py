@@ -1,40 +1,17 @@
 """`caption` on the real TorchServe: REST (JSON and raw body), gRPC, the CLI, per-request errors, batching."""
 
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness import REPO, png_b64, png_bytes, sample_image
+from client_cli import run_cli
+from harness import png_b64, png_bytes, sample_image
 
-from client import ApiError, Client
+from client import ApiError
 from handlers.common import BATCH_SIZE_HEADER
 
 PROMPT = "a photograph of"
 IMAGE = sample_image(64, 48, seed=3)
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    return Client(server.url("inference"), server.url("management"), key_file=server.key_file)
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    if not (REPO / "client" / "stubs" / "inference_pb2_grpc.py").exists():
-        subprocess.run([str(REPO / "scripts" / "gen_grpc_stubs.sh")], check=True, timeout=120)
-    from client import GrpcClient
-
-    client = GrpcClient(
-        inference_port=server.ports["grpc_inference"],
-        management_port=server.ports["grpc_management"],
-        key_file=server.key_file,
-        management_url=server.url("management"),
-    )
-    yield client
-    client.close()
 
 
 def caption_of(server, body) -> str:
@@ -130,33 +107,7 @@ def test_cli_prints_the_caption_and_saves_the_json(server, transport, tmp_path, 
     picture = tmp_path / "photo.png"
     IMAGE.save(picture)
     out = tmp_path / "out"
-    common = [
-        "--url",
-        server.url("inference"),
-        "--management-url",
-        server.url("management"),
-        "--key-file",
-        str(server.key_file),
-        "--out",
-        str(out),
-    ]
-    if transport == "grpc":
-        common += [
-            "--grpc",
-            "--grpc-inference-port",
-            str(server.ports["grpc_inference"]),
-            "--grpc-management-port",
-            str(server.ports["grpc_management"]),
-        ]
-    result = subprocess.run(
-        [sys.executable, "-m", "client", *common, "caption", str(picture), "--prompt", PROMPT],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_cli(server, "caption", str(picture), "--prompt", PROMPT, transport=transport, out=out)
     expected = rest.caption(IMAGE, prompt=PROMPT)["caption"]
     printed, saved = result.stdout.splitlines()
     assert printed == expected

@@ -4,15 +4,14 @@ stream's order, gRPC, bad input, failures named by stage, and no second copy of 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
-from harness import REPO, png_b64, sample_image
+from client_cli import run_cli
+from harness import png_b64, sample_image
 from PIL import Image
 
-from client import ApiError, Client
+from client import ApiError
 from handlers.common import decode_png
 
 SIDE = 64
@@ -134,26 +133,9 @@ def test_stream_sends_the_caption_each_prior_the_samples_then_the_response(serve
     assert dict((e["stage"], e["result"]) for e in events[:3])["depth"] == final["priors"]["depth"]
 
 
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    if not (REPO / "client" / "stubs" / "inference_pb2_grpc.py").exists():
-        subprocess.run([str(REPO / "scripts" / "gen_grpc_stubs.sh")], check=True, timeout=120)
-    from client import GrpcClient
-
-    client = GrpcClient(
-        inference_port=server.ports["grpc_inference"],
-        management_port=server.ports["grpc_management"],
-        key_file=server.key_file,
-        management_url=server.url("management"),
-    )
-    yield client
-    client.close()
-
-
-def test_grpc_predictions_and_stream_predictions(server, grpc_client):
+def test_grpc_predictions_and_stream_predictions(rest, grpc_client):
     request = {"priors": ["canny"], "samples": 2, "seed": 8, "caption": "a cat", **QUICK}
     body = grpc_client.interpret(SOURCE, **request)
-    rest = Client(server.url("inference"), server.url("management"), key_file=server.key_file)
     assert [s["image"] for s in body["samples"]] == [s["image"] for s in rest.interpret(SOURCE, **request)["samples"]]
     assert_ranked(body)
     events = list(grpc_client.interpret_stream(SOURCE, **{**request, "samples": 1}))
@@ -208,37 +190,21 @@ def test_cli_saves_samples_control_images_and_a_contact_sheet(server, tmp_path):
     photo = tmp_path / "photo.png"
     sample_image(SIDE, SIDE, seed=9).save(photo)
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client",
-            "--url",
-            server.url("inference"),
-            "--management-url",
-            server.url("management"),
-            "--key-file",
-            str(server.key_file),
-            "--out",
-            str(out),
-            "interpret",
-            str(photo),
-            "--priors",
-            "depth",
-            "pose",
-            "--samples",
-            "2",
-            "--steps",
-            "2",
-            "--seed",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
+    result = run_cli(
+        server,
+        "interpret",
+        str(photo),
+        "--priors",
+        "depth",
+        "pose",
+        "--samples",
+        "2",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        out=out,
     )
-    assert result.returncode == 0, result.stderr
     files = sorted(path.name for path in out.iterdir())
     assert {"interpret_depth.png", "interpret_pose.png", "interpret_contact_sheet.png", "interpret.json"} <= set(files)
     assert len([name for name in files if name.startswith("interpret_rank")]) == 4

@@ -2,17 +2,15 @@
 and the control images `depth` and `pose` answer, fed back into `sd`."""
 
 import base64
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from harness import REPO, png_b64, sample_image
+from client_cli import run_cli
+from harness import png_b64, sample_image
 from PIL import Image
 
-from client import ApiError, Client
+from client import ApiError
 from client.rest import control_entries
 from handlers.common import BATCH_SIZE_HEADER, decode_png
 from handlers.common.edges import canny_edges
@@ -20,27 +18,6 @@ from handlers.common.edges import canny_edges
 PHOTO = sample_image(96, 64, seed=8)
 DEPTH = png_b64(sample_image(96, 64, seed=1))
 POSE = png_b64(sample_image(96, 64, seed=2))
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    return Client(server.url("inference"), server.url("management"), key_file=server.key_file)
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    if not (REPO / "client" / "stubs" / "inference_pb2_grpc.py").exists():
-        subprocess.run([str(REPO / "scripts" / "gen_grpc_stubs.sh")], check=True, timeout=120)
-    from client import GrpcClient
-
-    client = GrpcClient(
-        inference_port=server.ports["grpc_inference"],
-        management_port=server.ports["grpc_management"],
-        key_file=server.key_file,
-        management_url=server.url("management"),
-    )
-    yield client
-    client.close()
 
 
 def body(seed, controls, **fields):
@@ -117,41 +94,23 @@ def test_depth_and_pose_control_images_drive_sd(server):
     assert decode_png(generated.json()["images"][0]).size == PHOTO.size
 
 
-def run_cli(server, out, *args):
-    common = [
-        "--url",
-        server.url("inference"),
-        "--management-url",
-        server.url("management"),
-        "--key-file",
-        str(server.key_file),
-        "--out",
-        str(out),
-    ]
-    result = subprocess.run(
-        [sys.executable, "-m", "client", *common, *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
+def printed_by(server, out, *args: str) -> list[str]:
+    """The lines the CLI command ``args`` prints (it saves into ``out``)."""
+    return run_cli(server, *args, out=out).stdout.splitlines()
 
 
 def test_cli_saves_the_control_images_and_generates_from_them(server, rest, tmp_path):
     photo = tmp_path / "photo.png"
     PHOTO.save(photo)
     out = tmp_path / "out"
-    assert str(out / "depth_control.png") in run_cli(server, out, "depth", str(photo))
-    assert str(out / "pose_control.png") in run_cli(server, out, "pose", str(photo))
-    assert run_cli(server, out, "canny", str(photo)) == [str(out / "canny_control.png")]
+    assert str(out / "depth_control.png") in printed_by(server, out, "depth", str(photo))
+    assert str(out / "pose_control.png") in printed_by(server, out, "pose", str(photo))
+    assert printed_by(server, out, "canny", str(photo)) == [str(out / "canny_control.png")]
     for name in ("depth_control", "pose_control", "canny_control"):
         assert Image.open(out / f"{name}.png").size == PHOTO.size
     assert (np.asarray(Image.open(out / "canny_control.png")) == np.asarray(canny_edges(PHOTO))).all()
     depth, pose = out / "depth_control.png", out / "pose_control.png"
-    printed = run_cli(
+    printed = printed_by(
         server,
         out,
         "generate",

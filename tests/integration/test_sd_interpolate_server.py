@@ -2,23 +2,15 @@
 endpoints pixel for pixel (with and without control), the frames are one batch, bad input names the
 field, the client and the CLI (frames and an animated GIF); and `interpret` with `"upscale": true`."""
 
-import subprocess
-import sys
-
 import pytest
-from harness import REPO, png_b64, sample_image
+from client_cli import run_cli
+from harness import png_b64, sample_image
 from PIL import Image
 
-from client import Client
 from handlers.common import BATCH_SIZE_HEADER, decode_png
 
 STEPS = 2
 DEPTH = png_b64(sample_image(64, 64, seed=1))
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    return Client(server.url("inference"), server.url("management"), key_file=server.key_file)
 
 
 def ok(response) -> dict:
@@ -66,37 +58,21 @@ def test_bad_interpolate_input_names_the_field_and_leaves_the_worker_alive(serve
 def test_client_interpolate_and_the_cli_gif(server, rest, tmp_path):
     body = rest.interpolate([1, 2], 3, ["a cat", "a dog"], steps=STEPS)
     assert len(body["images"]) == 3
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client",
-            "--url",
-            server.url("inference"),
-            "--management-url",
-            server.url("management"),
-            "--key-file",
-            str(server.key_file),
-            "--out",
-            str(tmp_path),
-            "interpolate",
-            "--seeds",
-            "1",
-            "2",
-            "--prompts",
-            "a cat",
-            "a dog",
-            "--frames",
-            "3",
-            "--steps",
-            str(STEPS),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
+    run_cli(
+        server,
+        "interpolate",
+        "--seeds",
+        "1",
+        "2",
+        "--prompts",
+        "a cat",
+        "a dog",
+        "--frames",
+        "3",
+        "--steps",
+        str(STEPS),
+        out=tmp_path,
     )
-    assert result.returncode == 0, result.stderr
     frames = sorted(tmp_path.glob("interpolation_*.png"))
     assert [f.name for f in frames] == ["interpolation_00.png", "interpolation_01.png", "interpolation_02.png"]
     assert Image.open(frames[0]).tobytes() == decode_png(body["images"][0]).convert("RGB").tobytes()
@@ -107,32 +83,7 @@ def test_client_interpolate_and_the_cli_gif(server, rest, tmp_path):
 def test_cli_upscale_saves_the_image(server, tmp_path):
     photo = tmp_path / "photo.png"
     sample_image(16, 12, seed=5).save(photo)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client",
-            "--url",
-            server.url("inference"),
-            "--management-url",
-            server.url("management"),
-            "--key-file",
-            str(server.key_file),
-            "--out",
-            str(tmp_path / "out"),
-            "upscale",
-            str(photo),
-            "--steps",
-            str(STEPS),
-            "--seed",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    run_cli(server, "upscale", str(photo), "--steps", str(STEPS), "--seed", "3", out=tmp_path / "out")
     assert Image.open(tmp_path / "out" / "photo_x4.png").size == (64, 48)
 
 

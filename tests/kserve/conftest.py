@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from server import loopback_addresses
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,13 +50,8 @@ def local_layouts(tmp_path_factory) -> Path:
 def kserve_env(ports: dict[str, int], envelope: str | None) -> dict[str, str]:
     """What KServe's runtime sets (TS_SERVICE_ENVELOPE), and loopback ports through TS_* variables
     (enable_envvars_config=true), as an operator overrides a generated config."""
-    env = {
-        "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{ports['inference']}",
-        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{ports['management']}",
-        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{ports['metrics']}",
-        "TS_GRPC_INFERENCE_PORT": str(ports["grpc_inference"]),
-        "TS_GRPC_MANAGEMENT_PORT": str(ports["grpc_management"]),
-    }
+    # TorchServe reads a config key from the environment as TS_ and the key in capitals
+    env = {f"TS_{key.upper()}": value for key, value in loopback_addresses(ports).items()}
     if envelope:
         env["TS_SERVICE_ENVELOPE"] = envelope
     return env

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from harness import model_config
 from PIL import Image
 
@@ -26,6 +27,16 @@ def served_weights(name: str) -> Path:
 def handler_settings(name: str) -> dict[str, Any]:
     """The served model's ``handler:`` section (defaults and limits the reference must match)."""
     return model_config(name)["handler"]
+
+
+def sampling(steps: int, guidance: float, seed: int) -> dict[str, Any]:
+    """A diffusers pipeline's keyword arguments for a request's ``steps``, ``guidance_scale`` and
+    ``seed``, called the plain way: the seed as a CPU generator, as the handlers seed each image."""
+    return {
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "generator": torch.Generator("cpu").manual_seed(seed),
+    }
 
 
 def decode_png_array(text: str) -> np.ndarray:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from diffusers import ControlNetModel, DPMSolverMultistepScheduler, StableDiffusionControlNetPipeline
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from harness import png_b64, sample_image
-from parity.common import decode_png_array, handler_settings, ok, served_weights
+from parity.common import decode_png_array, handler_settings, ok, sampling, served_weights
 from parity.test_sd_parity import assert_same_image
 
 CONTROL_IMAGES = {kind: sample_image(96, 64, seed=seed) for kind, seed in (("depth", 31), ("pose", 32), ("canny", 33))}
@@ -35,7 +34,9 @@ def controlnets():
     return {kind: ControlNetModel.from_pretrained(root / kind) for kind in CONTROL_IMAGES}
 
 
-def reference_image(controlnets, kinds, scales, starts, ends, *, prompt, seed, steps, guidance, width, height):
+def reference_image(controlnets, kinds, scales, starts, ends, prompt: str, size: tuple[int, int], **sampling_kwargs):
+    """diffusers' image for the ``kinds`` at those scales and guidance windows, at ``size`` (width,
+    height), with the pipeline's steps, guidance and generator in ``sampling_kwargs`` (common.sampling)."""
     nets = [controlnets[kind] for kind in kinds]
     controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
@@ -52,11 +53,9 @@ def reference_image(controlnets, kinds, scales, starts, ends, *, prompt, seed, s
         controlnet_conditioning_scale=scales[0] if one else scales,
         control_guidance_start=starts[0] if one else starts,
         control_guidance_end=ends[0] if one else ends,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        width=width,
-        height=height,
-        generator=torch.Generator("cpu").manual_seed(seed),
+        width=size[0],
+        height=size[1],
+        **sampling_kwargs,
     ).images[0]
 
 
@@ -104,16 +103,6 @@ def test_served_control_image_equals_diffusers_controlnet_pipeline(
         )
     )
     reference = reference_image(
-        controlnets,
-        kinds,
-        scales,
-        starts,
-        ends,
-        prompt=prompt,
-        seed=seed,
-        steps=steps,
-        guidance=guidance,
-        width=width,
-        height=height,
+        controlnets, kinds, scales, starts, ends, prompt, (width, height), **sampling(steps, guidance, seed)
     )
     assert_same_image(decode_png_array(served["images"][0]), np.asarray(reference))

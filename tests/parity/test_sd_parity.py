@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, StableDiffusionPipeline
-from parity.common import assert_same_image, decode_png_array, handler_settings, ok, served_weights
+from parity.common import assert_same_image, decode_png_array, handler_settings, ok, sampling, served_weights
 
 # the request's scheduler name -> the diffusers class a user would pick for it (None: the weights' own)
 SCHEDULER_CLASSES = {"default": None, "dpm++": DPMSolverMultistepScheduler, "euler_a": EulerAncestralDiscreteScheduler}
@@ -54,13 +53,7 @@ def reference_images(
         images = []
         for prompt, seed in zip(prompts, seeds):  # one call per image, each with its own seed
             image = pipe(
-                prompt,
-                negative_prompt=negative,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                width=width,
-                height=height,
-                generator=torch.Generator("cpu").manual_seed(seed),
+                prompt, negative_prompt=negative, width=width, height=height, **sampling(steps, guidance, seed)
             ).images[0]
             images.append(np.asarray(image))
         return images

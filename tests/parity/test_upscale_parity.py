@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from diffusers import StableDiffusionUpscalePipeline
 from harness import png_b64, sample_image
-from parity.common import assert_same_image, decode_png_array, handler_settings, ok, served_weights
+from parity.common import assert_same_image, decode_png_array, handler_settings, ok, sampling, served_weights
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +57,7 @@ def test_served_upscale_equals_diffusers_pipeline(
     )
     assert served["seed"] == seed
     reference = reference_pipe(
-        prompt=prompt,
-        image=image,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        noise_level=noise_level,
-        generator=torch.Generator("cpu").manual_seed(seed),
+        prompt=prompt, image=image, noise_level=noise_level, **sampling(steps, guidance, seed)
     ).images[0]
     assert reference.size == (4 * width, 4 * height)
     assert_same_image(decode_png_array(served["image"]), np.asarray(reference))

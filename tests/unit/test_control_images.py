@@ -1,11 +1,15 @@
 """Control images from the priors: OpenPose's rendering, Canny edges, depth near = white.
 
-The OpenPose checks hold the renderer to OpenPose's published body convention, written out here as
-the reference (1-based as OpenPose lists them): its 18-keypoint order, its limb sequence and its
-18-colour table. A known skeleton is drawn and pixels are read back at every joint (full colour of
-that keypoint) and every limb's midpoint (60 % of that limb's colour), so a swapped limb, a shifted
-colour, a missing neck or a wrong left/right mapping from COCO fails.
+The OpenPose checks hold the renderer to OpenPose's published body convention, written out as the
+reference in openpose_reference.json beside this file (1-based as OpenPose lists them): its
+18-keypoint order, its limb sequence and its 18-colour table. A known skeleton is drawn and pixels
+are read back at every joint (full colour of that keypoint) and every limb's midpoint (60 % of that
+limb's colour), so a swapped limb, a shifted colour, a missing neck or a wrong left/right mapping
+from COCO fails.
 """
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,67 +19,12 @@ from handlers.common.drawing import COCO_KEYPOINT_NAMES, depth_control_image
 from handlers.common.edges import canny_edges
 from handlers.common.openpose import COLOURS, LIMBS, OPENPOSE_KEYPOINT_NAMES, draw_openpose, openpose_keypoints
 
-# OpenPose's body (COCO-18) keypoints, 1-based
-OPENPOSE_ORDER = [
-    "nose",
-    "neck",
-    "right_shoulder",
-    "right_elbow",
-    "right_wrist",
-    "left_shoulder",
-    "left_elbow",
-    "left_wrist",
-    "right_hip",
-    "right_knee",
-    "right_ankle",
-    "left_hip",
-    "left_knee",
-    "left_ankle",
-    "right_eye",
-    "left_eye",
-    "right_ear",
-    "left_ear",
-]
-# OpenPose's limbSeq as the ControlNet annotator draws it (the first 17 pairs), 1-based
-OPENPOSE_LIMB_SEQ = [
-    [2, 3],
-    [2, 6],
-    [3, 4],
-    [4, 5],
-    [6, 7],
-    [7, 8],
-    [2, 9],
-    [9, 10],
-    [10, 11],
-    [2, 12],
-    [12, 13],
-    [13, 14],
-    [2, 1],
-    [1, 15],
-    [15, 17],
-    [1, 16],
-    [16, 18],
-]
-OPENPOSE_COLOURS = [
-    [255, 0, 0],
-    [255, 85, 0],
-    [255, 170, 0],
-    [255, 255, 0],
-    [170, 255, 0],
-    [85, 255, 0],
-    [0, 255, 0],
-    [0, 255, 85],
-    [0, 255, 170],
-    [0, 255, 255],
-    [0, 170, 255],
-    [0, 85, 255],
-    [0, 0, 255],
-    [85, 0, 255],
-    [170, 0, 255],
-    [255, 0, 255],
-    [255, 0, 170],
-    [255, 0, 85],
-]
+# OpenPose's reference tables (the ControlNet annotator's: controlnet_aux's open_pose/util.py), kept
+# as data beside this file rather than imported from the handler, so the handler is checked against them
+OPENPOSE = json.loads(Path(__file__).with_name("openpose_reference.json").read_text())
+OPENPOSE_ORDER: list[str] = OPENPOSE["keypoints"]["names"]  # the 18 body keypoints, in OpenPose's order
+OPENPOSE_LIMB_SEQ: list[list[int]] = OPENPOSE["limb_seq"]["pairs"]  # 1-based, in drawing order
+OPENPOSE_COLOURS: list[list[int]] = OPENPOSE["colours"]["rgb"]
 
 # A person facing the viewer on a 200x220 canvas (their right on the image's left), every joint and
 # limb midpoint far enough from the others that no drawing covers another's test pixel.
