@@ -16,10 +16,16 @@ from pydantic import AfterValidator, Field, model_validator
 from handlers.settings import HandlerSettings, ImageLimits, Settings
 
 
-class ClipLimits(ImageLimits):
+class TextQueryLimits(ImageLimits):
+    """What bounds a clip query's texts and regions: clip's limits, which the pipeline checks as well
+    before it calls clip (tests/robustness/test_response_size.py keeps the pipeline's within clip's)."""
+
     max_texts: int = Field(ge=1)
     max_text_length: int = Field(ge=1)
     max_rois: int = Field(ge=0)
+
+
+class ClipLimits(TextQueryLimits):
     max_images: int = Field(ge=1)  # images of one `images` request (the reference image not counted)
 
 
@@ -71,8 +77,8 @@ class SamLimits(ImageLimits):
 
 
 class SamSettings(HandlerSettings):
+    mask_threshold: float  # on SAM's mask logits
     embedding_cache_size: int = Field(ge=0)
-    mask_threshold: float
     polygon_epsilon: float = Field(ge=0)
     polygon_max_points: int = Field(ge=4)
     automatic: AutomaticSettings
@@ -236,13 +242,10 @@ class CallerSettings(HandlerSettings):
 
 
 # --- pipeline -----------------------------------------------------------------------------------
-class PipelineLimits(ImageLimits):
+class PipelineLimits(TextQueryLimits):
     """What the pipeline checks before any model runs (each at most the called model's own limit)."""
 
     max_prompt_length: int = Field(ge=1)
-    max_texts: int = Field(ge=1)
-    max_text_length: int = Field(ge=1)
-    max_rois: int = Field(ge=0)
 
 
 class PipelineSettings(CallerSettings):

@@ -9,39 +9,13 @@ pipeline traffic shares their batching queues and workers.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-from handlers.common import InputError, ServerError
-from handlers.common.base import Batch, BatchHandler, Result
+from handlers.common.light import LightModelHandler
 from handlers.model_settings import PipelineSettings
-from workflows.connect import pipeline_caller
-from workflows.stages import PipelineRequest, parse_request, run_pipeline
+from workflows.stages import parse_request, run_pipeline
 
 
-class Pipeline(BatchHandler):
+class Pipeline(LightModelHandler):
     model_label = "pipeline"
     settings: PipelineSettings
-
-    def load(self, context: Any) -> None:
-        self.call = pipeline_caller(self.settings)
-        # one thread per request of a batch (TorchServe's batch size): each mostly waits on the models
-        self.requests_pool = ThreadPoolExecutor(max_workers=int(context.system_properties["batch_size"]))
-
-    def parse(self, payload: dict[str, Any]) -> PipelineRequest:
-        return parse_request(payload, self.settings)
-
-    def infer(self, requests: list[PipelineRequest], batch: Batch) -> list[Result]:
-        futures = [
-            self.requests_pool.submit(self._run, request, batch, position) for position, request in enumerate(requests)
-        ]
-        return [future.result() for future in futures]
-
-    def _run(self, request: PipelineRequest, batch: Batch, position: int) -> Result:
-        def send_stage(name: str, result: dict[str, Any]) -> None:
-            batch.send(position, {"stage": name, "result": result})
-
-        try:
-            return run_pipeline(request, self.call, self.settings, send_stage if request.stream else None)
-        except (InputError, ServerError) as error:
-            return error
+    parse_request = staticmethod(parse_request)
+    run_request = staticmethod(run_pipeline)

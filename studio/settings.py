@@ -43,6 +43,8 @@ class Limits(Settings):
 
 
 class EventSettings(Settings):
+    """The run page's server-sent events: a heartbeat keeps an idle stream open through proxies."""
+
     heartbeat_s: float = Field(gt=0)
 
 

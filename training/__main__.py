@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .lora import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+HYPERPARAMETERS = ("steps", "rank", "learning_rate", "batch_size", "seed")  # TrainConfig's, from the flags
 DEFAULTS = Path(__file__).with_name("finetune.yaml")
 
 
@@ -47,8 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default="default", help="the adapter's name: registered model sd-lora-NAME")
     parser.add_argument("--steps", type=int, default=defaults["steps"])
     parser.add_argument("--rank", type=int, default=defaults["rank"])
-    parser.add_argument("--lr", type=float, default=defaults["lr"])
-    parser.add_argument("--batch", type=int, default=defaults["batch"])
+    parser.add_argument("--lr", dest="learning_rate", type=float, default=defaults["lr"])
+    parser.add_argument("--batch", dest="batch_size", type=int, default=defaults["batch"])
     parser.add_argument("--seed", type=int, default=defaults["seed"])
     parser.add_argument("--profile", default=defaults["profile"], choices=("tiny", "arch", "pretrained"))
     parser.add_argument("--resolution", type=int, default=defaults["resolution"])
@@ -65,10 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights-root", type=Path, default=REPO / "model_store" / "weights")
     args = parser.parse_args(argv)
     args.sample_prompts = list(defaults["sample_prompts"])
-    for flag in ("steps", "rank", "batch"):
-        if getattr(args, flag) < 1:
+    for flag, value in (("steps", args.steps), ("rank", args.rank), ("batch", args.batch_size)):
+        if value < 1:
             parser.error(f"--{flag} must be >= 1")
-    if not args.lr > 0:
+    if not args.learning_rate > 0:
         parser.error("--lr must be > 0")
     return args
 
@@ -104,14 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(weights, device)
     resolution = args.resolution or native_resolution(pipe)
-    config = TrainConfig(
-        steps=args.steps,
-        rank=args.rank,
-        learning_rate=args.lr,
-        batch_size=args.batch,
-        seed=args.seed,
-        resolution=resolution,
-    )
+    # the flags carry TrainConfig's names (--lr is learning_rate, --batch batch_size)
+    config = TrainConfig(**{name: getattr(args, name) for name in HYPERPARAMETERS}, resolution=resolution)
     sample_seeds = list(range(len(args.sample_prompts)))
     registered = f"sd-lora-{args.name}"
 
@@ -121,13 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     with mlflow.start_run(run_name=f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         mlflow.log_params(
             {
-                "steps": args.steps,
-                "rank": args.rank,
-                "lr": args.lr,
-                "batch": args.batch,
-                "seed": args.seed,
+                **asdict(config),
                 "profile": args.profile,
-                "resolution": resolution,
                 "base_weights": str(weights),
                 "dataset": str(dataset.root.resolve()),
                 "examples": len(train_examples),

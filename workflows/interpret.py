@@ -105,20 +105,14 @@ def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> Inter
     source = decode_image(image, limits)
     caption = get_str(payload, "caption", max_len=limits.max_caption_length)
     priors = _priors(payload, settings)
-    mode = get_str(payload, "mode", default=settings.mode)
-    if mode not in MODES:
-        raise InputError("mode", f"must be one of {list(MODES)}, got {mode!r}")
-    samples = get_int(payload, "samples", default=settings.samples, minimum=1, maximum=limits.max_samples)
-    seed = get_int(payload, "seed", minimum=0, maximum=SEED_SPACE - 1)
     return InterpretRequest(
         image=image,
         source=source,
         caption=caption,
         priors=priors,
-        mode=mode,
-        samples=samples,
-        # without a seed the interpreter draws one, so that in `each` mode every prior gets the same noise
-        seed=secrets.randbelow(SEED_SPACE) if seed is None else seed,
+        mode=_mode(payload, settings),
+        samples=get_int(payload, "samples", default=settings.samples, minimum=1, maximum=limits.max_samples),
+        seed=_seed(payload),
         scales=_scales(payload, priors, limits),
         prior_images=_prior_images(payload, priors, limits),
         generation=_generation(payload, settings),
@@ -126,6 +120,19 @@ def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> Inter
         upscale=get_bool(payload, "upscale"),
         sd_version=_sd_version(payload, limits),
     )
+
+
+def _mode(payload: dict[str, Any], settings: InterpretSettings) -> str:
+    mode = get_str(payload, "mode", default=settings.mode)
+    if mode not in MODES:
+        raise InputError("mode", f"must be one of {list(MODES)}, got {mode!r}")
+    return mode
+
+
+def _seed(payload: dict[str, Any]) -> int:
+    # without a seed the interpreter draws one, so that in `each` mode every prior gets the same noise
+    seed = get_int(payload, "seed", minimum=0, maximum=SEED_SPACE - 1)
+    return secrets.randbelow(SEED_SPACE) if seed is None else seed
 
 
 def _sd_version(payload: dict[str, Any], limits: InterpretLimits) -> str | None:

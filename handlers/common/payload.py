@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from .errors import InputError, LimitError
@@ -87,7 +87,7 @@ def json_type(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def reject_unknown(payload: Mapping[str, Any], allowed: Iterable[str]) -> None:
+def reject_unknown(payload: Payload, allowed: Iterable[str]) -> None:
     """Unknown fields are refused rather than ignored, so a typo (``"promt"``) is not silently lost."""
     allowed = set(allowed)
     for key in payload:
@@ -95,7 +95,7 @@ def reject_unknown(payload: Mapping[str, Any], allowed: Iterable[str]) -> None:
             raise InputError(key, f"unknown field; allowed fields are {sorted(allowed)}")
 
 
-def require(payload: Mapping[str, Any], key: str) -> Any:
+def require(payload: Payload, key: str) -> Any:
     if payload.get(key) is None:
         raise InputError(key, "is required")
     return payload[key]
@@ -103,15 +103,19 @@ def require(payload: Mapping[str, Any], key: str) -> Any:
 
 # the type of a getter's ``default``: with a default of the value's type, the getter never returns None
 StrDefault = TypeVar("StrDefault", str, None)
+Payload = Mapping[str, Any]  # one request's JSON object
+# A getter's default when the caller gives none: None, typed Any so that it fits each getter's
+# TypeVar (mypy refuses a plain None default for a TypeVar constrained to int or None)
+ABSENT: Any = None
 IntDefault = TypeVar("IntDefault", int, None)
 FloatDefault = TypeVar("FloatDefault", float, None)
 
 
 def get_str(
-    payload: Mapping[str, Any],
+    payload: Payload,
     key: str,
     *,
-    default: StrDefault = None,  # type: ignore[assignment]
+    default: StrDefault = ABSENT,
     required: bool = False,
     max_len: int = 10_000,
     allow_empty: bool = False,
@@ -135,7 +139,7 @@ def check_str(value: Any, field: str, *, max_len: int = 10_000, allow_empty: boo
 
 
 def get_str_list(
-    payload: Mapping[str, Any],
+    payload: Payload,
     key: str,
     *,
     max_items: int,
@@ -160,7 +164,7 @@ def get_str_list(
     return [check_str(item, f"{key}[{i}]", max_len=max_len) for i, item in enumerate(value)]
 
 
-def get_bool(payload: Mapping[str, Any], key: str, default: bool = False) -> bool:
+def get_bool(payload: Payload, key: str, default: bool = False) -> bool:
     value = payload.get(key)
     if value is None:
         return default
@@ -193,34 +197,33 @@ def check_number(
 
 
 def get_int(
-    payload: Mapping[str, Any],
-    key: str,
-    *,
-    default: IntDefault = None,  # type: ignore[assignment]
-    minimum: int | None = None,
-    maximum: int | None = None,
+    payload: Payload, key: str, *, default: IntDefault = ABSENT, minimum: int | None = None, maximum: int | None = None
 ) -> int | IntDefault:
-    value = payload.get(key)
-    if value is None:
-        return default
-    return int(check_number(value, key, integer=True, minimum=minimum, maximum=maximum))
+    return _get_number(payload, key, default, integer=True, minimum=minimum, maximum=maximum)
 
 
 def get_float(
-    payload: Mapping[str, Any],
+    payload: Payload,
     key: str,
     *,
-    default: FloatDefault = None,  # type: ignore[assignment]
+    default: FloatDefault = ABSENT,
     minimum: float | None = None,
     maximum: float | None = None,
 ) -> float | FloatDefault:
+    return _get_number(payload, key, default, integer=False, minimum=minimum, maximum=maximum)
+
+
+def _get_number(
+    payload: Payload, key: str, default: Any, *, integer: bool, minimum: float | None, maximum: float | None
+) -> Any:
     value = payload.get(key)
     if value is None:
         return default
-    return float(check_number(value, key, minimum=minimum, maximum=maximum))
+    number = check_number(value, key, integer=integer, minimum=minimum, maximum=maximum)
+    return int(number) if integer else float(number)
 
 
-def _get_list(payload: Mapping[str, Any], key: str, max_items: int, items: str, noun: str) -> list[Any] | None:
+def _get_list(payload: Payload, key: str, max_items: int, items: str, noun: str) -> list[Any] | None:
     """A non-empty JSON list of at most ``max_items`` ``noun``s (``items`` describes one), or None."""
     value = payload.get(key)
     if value is None:
@@ -234,45 +237,52 @@ def _get_list(payload: Mapping[str, Any], key: str, max_items: int, items: str, 
     return value
 
 
-def get_boxes(
-    payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int], max_items: int
+NumberCheck = Callable[[str, list[float]], None]  # (field, numbers): raise InputError naming the field
+
+
+def _get_number_lists(
+    payload: Payload, key: str, max_items: int, shape: str, noun: str, check: NumberCheck
 ) -> list[list[float]] | None:
-    """``[[x1, y1, x2, y2], ...]`` in pixels of an image of ``image_size`` (width, height)."""
-    value = _get_list(payload, key, max_items, "[x1, y1, x2, y2] boxes", "boxes")
+    """A list of at most ``max_items`` number lists shaped as ``shape`` (``"[x, y]"``), each passed to
+    ``check`` with its field name (``points[1]``) before the next is read; floats, or None when absent."""
+    value = _get_list(payload, key, max_items, f"{shape} {noun}", noun)
     if value is None:
         return None
-    width, height = image_size
-    boxes = []
-    for i, box in enumerate(value):
+    size = shape.count(",") + 1
+    entries = []
+    for i, entry in enumerate(value):
         field = f"{key}[{i}]"
-        if not isinstance(box, list) or len(box) != 4:
-            raise InputError(field, "must be a list of 4 numbers [x1, y1, x2, y2]")
-        x1, y1, x2, y2 = (check_number(v, f"{field}[{j}]") for j, v in enumerate(box))
+        if not isinstance(entry, list) or len(entry) != size:
+            raise InputError(field, f"must be a list of {size} numbers {shape}")
+        numbers = [check_number(v, f"{field}[{j}]") for j, v in enumerate(entry)]
+        check(field, numbers)
+        entries.append([float(number) for number in numbers])
+    return entries
+
+
+def get_boxes(payload: Payload, key: str, *, image_size: tuple[int, int], max_items: int) -> list[list[float]] | None:
+    """``[[x1, y1, x2, y2], ...]`` in pixels of an image of ``image_size`` (width, height)."""
+    width, height = image_size
+
+    def inside(field: str, box: list[float]) -> None:
+        x1, y1, x2, y2 = box
         if x2 <= x1:
             raise InputError(field, "x2 must be > x1")
         if y2 <= y1:
             raise InputError(field, "y2 must be > y1")
         if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
             raise InputError(field, f"box {box} lies outside the {width}x{height} image")
-        boxes.append([float(x1), float(y1), float(x2), float(y2)])
-    return boxes
+
+    return _get_number_lists(payload, key, max_items, "[x1, y1, x2, y2]", "boxes", inside)
 
 
-def get_points(
-    payload: Mapping[str, Any], key: str, *, image_size: tuple[int, int], max_items: int
-) -> list[list[float]] | None:
+def get_points(payload: Payload, key: str, *, image_size: tuple[int, int], max_items: int) -> list[list[float]] | None:
     """``[[x, y], ...]`` inside an image of ``image_size`` (width, height)."""
-    value = _get_list(payload, key, max_items, "[x, y] points", "points")
-    if value is None:
-        return None
     width, height = image_size
-    points = []
-    for i, point in enumerate(value):
-        field = f"{key}[{i}]"
-        if not isinstance(point, list) or len(point) != 2:
-            raise InputError(field, "must be a list of 2 numbers [x, y]")
-        x, y = (check_number(v, f"{field}[{j}]") for j, v in enumerate(point))
+
+    def inside(field: str, point: list[float]) -> None:
+        x, y = point
         if not (0 <= x <= width and 0 <= y <= height):
             raise InputError(field, f"point {point} lies outside the {width}x{height} image")
-        points.append([float(x), float(y)])
-    return points
+
+    return _get_number_lists(payload, key, max_items, "[x, y]", "points", inside)

@@ -97,21 +97,20 @@ async function upload(event) {
   if (!file) { showMessage("image: choose a picture file first"); return; }
   const form = new FormData();
   form.append("image", file);
-  showMessage("uploading…", "info");
-  try {
-    const draft = await api("POST", "/api/drafts", form);
-    showMessage("");
-    await setDraft(draft);
-  } catch (error) {
-    showMessage(error.message);
-  }
+  await newDraft("uploading…", "/api/drafts", form);
 }
 
 async function generate(event) {
   event.preventDefault();
-  showMessage("generating the picture with sd…", "info");
+  const body = { prompt: $("#prompt").value, seed: $("#prompt-seed").value };
+  await newDraft("generating the picture with sd…", "/api/drafts/generate", body);
+}
+
+// the picture a draft starts from, uploaded or generated: the server's refusal is shown as it is
+async function newDraft(progress, path, body) {
+  showMessage(progress, "info");
   try {
-    const draft = await api("POST", "/api/drafts/generate", { prompt: $("#prompt").value, seed: $("#prompt-seed").value });
+    const draft = await api("POST", path, body);
     showMessage("");
     await setDraft(draft);
   } catch (error) {

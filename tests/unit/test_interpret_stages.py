@@ -436,3 +436,31 @@ def test_an_empty_generated_caption_is_a_502_naming_the_caption_stage(models):
     with pytest.raises(ServerError) as failed:
         interpret(caller, {"priors": ["canny"], "samples": 1})  # type: ignore[arg-type]
     assert failed.value.code == 502 and str(failed.value).startswith("caption: ")
+
+
+# --- the handler (handlers/common/light.py, shared with pipeline) --------------------------------
+
+
+def test_a_request_that_fails_unexpectedly_is_its_own_500_and_the_batch_is_not_run_again(models):
+    """The light models' handler runs each request of a batch in its own thread: a request whose run
+    raises something unexpected (here its caption call) answers 500 alone; the others answer 200,
+    each run once (a retry of the batch one by one would call sd again for them)."""
+    from harness import make_context
+
+    from handlers.interpreter import Interpreter
+
+    handler = Interpreter()  # a light model: no weights to build
+    handler.initialize(make_context("interpret", model_config("interpret")))
+
+    def caller(model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        if model == "caption":
+            raise ConnectionResetError("caption's connection reset")
+        return models(model, body, timeout)
+
+    handler.call = caller
+    models.calls.clear()
+    supplied = {"image": SOURCE, **FAST, "priors": ["canny"], "samples": 1, "caption": "x"}
+    results = run_batch(handler, [supplied, {**supplied, "caption": None}, supplied])
+    assert [status for status, _ in results] == [200, 500, 200], results
+    assert results[1][1]["type"] == "InternalServerError"
+    assert len(models.called("sd")) == 2  # once for each request that had its caption
