@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import secrets
 import socket
 import threading
@@ -257,10 +258,6 @@ class Studio:
 
     def _canny(self, source: StoredImage) -> StoredImage:
         """The edge map interpret would compute: the project's canny helper with interpret's thresholds."""
-        import io
-
-        from PIL import Image
-
         try:
             from handlers.common.edges import canny_edges  # imports torch with handlers.common: warmed at start
         except ImportError as exc:
@@ -279,7 +276,7 @@ class Studio:
     # --- runs -----------------------------------------------------------------------------------
     def start_run(self, form: dict[str, Any]) -> str:
         """Check the form, record the run (source, caption, the priors shown, settings), start interpret."""
-        draft = self.draft(_text(form, "draft_id", 64, required=True))
+        draft = self.draft(_required_text(form, "draft_id", 64))
         started_by = _text(form, "started_by", self.settings.limits.max_name_chars) or ""
         request = self._interpret_request(form, draft)
         versions = self._sd_versions(form)
@@ -358,7 +355,7 @@ class Studio:
         mode = form.get("mode")
         if mode not in ("each", "combined"):
             raise StudioError(400, f"mode: must be 'each' or 'combined', got {mode!r}")
-        samples = _integer(form, "samples", 1, limits.max_samples, required=True)
+        samples = _required_integer(form, "samples", 1, limits.max_samples)
         request: dict[str, Any] = {
             "image": base64.b64encode(draft.source.data).decode(),
             "priors": priors,
@@ -557,8 +554,9 @@ class Studio:
         if response is not None:
             # wake the run's thread, blocked reading the stream: shut the socket down, then close
             with contextlib.suppress(Exception):
-                sock = response.raw._connection.sock  # urllib3 2's connection of this response
-                sock.shutdown(socket.SHUT_RDWR)
+                connection = response.raw._connection  # urllib3 2's connection of this response
+                if connection is not None and connection.sock is not None:
+                    connection.sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(Exception):
                 response.close()
         return True
@@ -603,7 +601,7 @@ class Studio:
             return list(run.events)
 
     def choose(self, run_id: str, form: dict[str, Any]) -> None:
-        chosen_by = _text(form, "chosen_by", self.settings.limits.max_name_chars, required=True)
+        chosen_by = _required_text(form, "chosen_by", self.settings.limits.max_name_chars)
         choices = form.get("choices")
         if not isinstance(choices, list):
             raise StudioError(400, "choices: must be a list of {sample, rating}")
@@ -611,8 +609,8 @@ class Studio:
         for i, choice in enumerate(choices):
             if not isinstance(choice, dict):
                 raise StudioError(400, f"choices[{i}]: must be {{sample, rating}}")
-            sample = _integer(choice, "sample", 0, 10**6, required=True, where=f"choices[{i}].")
-            rating = _integer(choice, "rating", 1, 5, required=True, where=f"choices[{i}].")
+            sample = _required_integer(choice, "sample", 0, 10**6, where=f"choices[{i}].")
+            rating = _required_integer(choice, "rating", 1, 5, where=f"choices[{i}].")
             checked.append((sample, rating))
         if len({sample for sample, _ in checked}) != len(checked):
             raise StudioError(400, "choices: each sample may be chosen once")
@@ -666,7 +664,7 @@ class Studio:
             and indices[0] != indices[1]
         ):
             raise StudioError(400, "samples: choose two different samples")
-        frames = _integer(form, "frames", 2, 10**3, required=True)
+        frames = _required_integer(form, "frames", 2, 10**3)
         run, samples = self._run_samples(run_id, indices)
         if samples[0]["priors"] != samples[1]["priors"]:
             raise StudioError(
@@ -689,7 +687,7 @@ class Studio:
             }
             for prior in samples[0]["priors"]
         ]
-        with Image.open(self.store.image_file(samples[0]["image_sha256"])) as first:
+        with Image.open(io.BytesIO(self._image_bytes(samples[0]["image_sha256"]))) as first:
             width, height = first.size
         options = {"steps": settings["steps"]} if "steps" in settings else {}
         caption = run["caption"] or ""
@@ -747,11 +745,17 @@ def _progress(event: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _text(form: dict[str, Any], key: str, max_chars: int, required: bool = False) -> str | None:
+def _required_text(form: dict[str, Any], key: str, max_chars: int) -> str:
+    text = _text(form, key, max_chars)
+    if text is None:
+        raise StudioError(400, f"{key}: is required" + ("; type your name" if key == "chosen_by" else ""))
+    return text
+
+
+def _text(form: dict[str, Any], key: str, max_chars: int) -> str | None:
+    """The field's text, stripped; None when it is absent or blank."""
     value = form.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise StudioError(400, f"{key}: is required" + ("; type your name" if key == "chosen_by" else ""))
         return None
     if not isinstance(value, str):
         raise StudioError(400, f"{key}: must be text")
@@ -761,13 +765,17 @@ def _text(form: dict[str, Any], key: str, max_chars: int, required: bool = False
     return value
 
 
-def _integer(
-    form: dict[str, Any], key: str, minimum: int, maximum: int, required: bool = False, where: str = ""
-) -> int | None:
+def _required_integer(form: dict[str, Any], key: str, minimum: int, maximum: int, where: str = "") -> int:
+    number = _integer(form, key, minimum, maximum, where)
+    if number is None:
+        raise StudioError(400, f"{where}{key}: is required")
+    return number
+
+
+def _integer(form: dict[str, Any], key: str, minimum: int, maximum: int, where: str = "") -> int | None:
+    """The field as a whole number within the bounds (``where`` prefixes its name); None when absent."""
     value = form.get(key)
     if value is None or value == "":
-        if required:
-            raise StudioError(400, f"{where}{key}: is required")
         return None
     if isinstance(value, bool):
         raise StudioError(400, f"{where}{key}: must be a whole number")

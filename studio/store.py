@@ -272,7 +272,7 @@ class Store:
         self,
         run_id: str,
         *,
-        caption: str,
+        caption: str | None,
         caption_edited: bool,
         sd_model: str | None,
         request_id: str | None,

@@ -68,8 +68,8 @@ def pixels(examples: Sequence[Example], resolution: int) -> torch.Tensor:
     """Images resized (shorter side) and centre-cropped to ``resolution``, scaled to [-1, 1], NCHW."""
     batch = []
     for example in examples:
-        with Image.open(example.image) as image:
-            image = image.convert("RGB")
+        with Image.open(example.image) as opened:
+            image = opened.convert("RGB")
             scale = resolution / min(image.size)
             image = image.resize(
                 (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))),
