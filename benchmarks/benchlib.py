@@ -256,13 +256,16 @@ def rendered_config(name: str, profile: str, **changes: Any) -> dict[str, Any]:
 
 
 # --- in-process handlers -------------------------------------------------------------------------
-def in_process_handler(handler_class: type, name: str, config: dict[str, Any], batch_size: int = 8) -> Any:
-    """``name``'s handler loaded in this process from ``config`` (rendered_config's), as its worker
-    loads it: a real TorchServe ``Context`` (tests/harness.py)."""
+def in_process_handler(
+    handler_class: type, name: str, profile: str, batch_size: int = 8, **handler_overrides: Any
+) -> Any:
+    """``name``'s handler loaded in this process from its yaml rendered for ``profile`` (with
+    ``handler_overrides`` merged into its ``handler:`` section), as its worker loads it: a real
+    TorchServe ``Context`` (tests/harness.py)."""
     from harness import make_context
 
     handler = handler_class()
-    handler.initialize(make_context(name, config, batch_size))
+    handler.initialize(make_context(name, rendered_config(name, profile, handler=handler_overrides), batch_size))
     return handler
 
 

@@ -29,7 +29,7 @@ def load(profile: str, threads: int | None):
     from handlers.captioner import Captioner
 
     overrides: dict[str, Any] = {"torch_threads": threads} if threads else {}
-    return bl.in_process_handler(Captioner, "caption", bl.rendered_config("caption", profile, handler=overrides), BATCH)
+    return bl.in_process_handler(Captioner, "caption", profile, BATCH, **overrides)
 
 
 def run(

@@ -45,7 +45,7 @@ def load(profile: str, threads: int | None, control_types: list[str] | None = No
     overrides: dict[str, Any] = {"torch_threads": threads}
     if control_types is not None:
         overrides["control"] = {"types": control_types}
-    return bl.in_process_handler(TextToImage, "sd", bl.rendered_config("sd", profile, handler=overrides), batch_size=1)
+    return bl.in_process_handler(TextToImage, "sd", profile, batch_size=1, **overrides)
 
 
 def timed(handler, body: dict[str, Any]) -> float:

@@ -111,9 +111,7 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
         caller = bl.Caller(server)
 
         # --- clip: in-process vs server (batch 8), and batch 8 vs batch 1 ----------------------
-        clip = bl.in_process_handler(
-            ClipScorer, "clip", bl.rendered_config("clip", profile, handler={"torch_threads": threads}), CLIP_BATCH
-        )
+        clip = bl.in_process_handler(ClipScorer, "clip", profile, CLIP_BATCH, torch_threads=threads)
         bodies = clip_bodies()
         watch = bl.CpuWatch()
         bl.timed_batch(clip, bodies[:CLIP_BATCH])  # warm-up
@@ -207,8 +205,9 @@ def run(quick: bool = False, profile: str = "arch") -> list[Figure]:
         # (server, in-process, in-process, server): a drift in the machine's load hits both alike.
         # At batch 1, one worker and seconds per image, the saturated rate is 1/latency to within
         # the few ms of HTTP that a second request in flight would hide.
-        sam_config = bl.rendered_config("sam", profile, handler={"torch_threads": threads, "weights_dir": sam_weights})
-        sam = bl.in_process_handler(Segmenter, "sam", sam_config, SAM_BATCH)
+        sam = bl.in_process_handler(
+            Segmenter, "sam", profile, SAM_BATCH, torch_threads=threads, weights_dir=sam_weights
+        )
         sam_label = "ViT-B" if profile == "arch" else profile
         watch = bl.CpuWatch()
         # no warm-up (one image is 8-30 s): each side's first image is in its samples, once each

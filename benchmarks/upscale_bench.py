@@ -24,10 +24,6 @@ from typing import Any
 import benchlib as bl  # puts tests/ and scripts/ on the path: harness, served_models)
 
 
-def load(handler_class: type, name: str, profile: str, **overrides: Any) -> Any:
-    return bl.in_process_handler(handler_class, name, bl.rendered_config(name, profile, handler=overrides))
-
-
 def bench_upscale(profile: str, steps: int, side: int, tiled_side: int, tile: int, threads: int | None) -> None:
     from harness import png_b64, sample_image
 
@@ -35,7 +31,7 @@ def bench_upscale(profile: str, steps: int, side: int, tiled_side: int, tile: in
 
     bl.ensure_weights(profile, ["upscale"])
     overrides = {"torch_threads": threads} if threads else {}
-    handler = load(Upscaler, "upscale", profile, **overrides)
+    handler = bl.in_process_handler(Upscaler, "upscale", profile, **overrides)
     print(
         f"upscale ({profile} profile, {steps} steps, guidance {handler.settings.guidance_scale}, "
         f"torch threads {threads or 'default'}):"
@@ -57,7 +53,7 @@ def bench_upscale(profile: str, steps: int, side: int, tiled_side: int, tile: in
 def bench_interpolate(frames: int, steps: int, side: int, repeats: int) -> None:
     from handlers.text_to_image import TextToImage
 
-    handler = load(TextToImage, "sd", "tiny")
+    handler = bl.in_process_handler(TextToImage, "sd", "tiny")
     per_request = handler.settings.limits.max_prompts
     common = {"steps": steps, "width": side, "height": side}
     interpolate = [{"interpolate": {"seeds": [1, 2], "prompts": ["a cat", "a red car"], "frames": frames}, **common}]

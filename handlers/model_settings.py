@@ -273,11 +273,15 @@ class CannySettings(Settings):
     high_threshold: int = Field(ge=0, le=255)
 
 
+InterpretMode = Literal["each", "combined"]  # one sd request per prior, or one with every prior
+INTERPRET_MODES: tuple[InterpretMode, ...] = get_args(InterpretMode)
+
+
 class InterpretSettings(CallerSettings):
     """The ``handler:`` section of models/interpret/model-config.yaml (the studio reads it too)."""
 
     priors: list[ControlType] = Field(min_length=1)  # a request's default
-    mode: Literal["each", "combined"]  # a request's default
+    mode: InterpretMode  # a request's default
     samples: int = Field(ge=1)  # a request's default
     rank_by: Literal["mean", "caption", "source"]  # which score orders the samples (rank 0 = best)
     sd_schedulers: list[str] = Field(min_length=1)  # the `scheduler` names sd knows (a test keeps them equal)

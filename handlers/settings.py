@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Keys of the ``handler:`` section that scripts/archive.sh reads or writes (which handler module,
@@ -53,6 +54,12 @@ def load_settings(cls: type[SettingsT], section: Mapping[str, Any], where: str =
     """A model-config.yaml's ``section`` (found at ``where``) as ``cls``; deployment keys are left out."""
     values = {key: value for key, value in section.items() if key not in DEPLOYMENT_KEYS}
     return validate_settings(cls, values, where, source="model-config.yaml")
+
+
+def read_handler_settings(cls: type[SettingsT], model_config: Path) -> SettingsT:
+    """The ``handler:`` section of the model-config.yaml file ``model_config`` as ``cls``."""
+    section = (yaml.safe_load(model_config.read_text()) or {}).get("handler") or {}
+    return load_settings(cls, section)
 
 
 def validate_settings(cls: type[SettingsT], values: Any, where: str, source: str) -> SettingsT:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from client import ApiError, Client
 from client.events import JsonStream
-from handlers.model_settings import InterpretSettings
+from handlers.model_settings import INTERPRET_MODES, InterpretSettings
 
 from .settings import PRIORS, StudioSettings
 from .store import Store, StoredImage, image_info
@@ -353,8 +353,8 @@ class Studio:
         if len(set(priors)) != len(priors):
             raise StudioError(400, "priors: each prior may be chosen once")
         mode = form.get("mode")
-        if mode not in ("each", "combined"):
-            raise StudioError(400, f"mode: must be 'each' or 'combined', got {mode!r}")
+        if mode not in INTERPRET_MODES:
+            raise StudioError(400, f"mode: must be {' or '.join(map(repr, INTERPRET_MODES))}, got {mode!r}")
         samples = _required_integer(form, "samples", 1, limits.max_samples)
         request: dict[str, Any] = {
             "image": base64.b64encode(draft.source.data).decode(),

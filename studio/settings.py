@@ -18,7 +18,7 @@ import yaml
 from pydantic import Field
 
 from handlers.model_settings import CONTROL_TYPES, InterpretSettings
-from handlers.settings import Settings, SettingsError, load_settings, read_properties, validate_settings
+from handlers.settings import Settings, SettingsError, read_handler_settings, read_properties, validate_settings
 
 DEFAULT_CONFIG = Path(__file__).with_name("studio.yaml")
 PRIORS = CONTROL_TYPES  # the priors interpret offers, in the order the page shows them
@@ -84,8 +84,7 @@ class StudioSettings(Settings):
     def interpret(self) -> InterpretSettings:
         path = Path(self.interpret_config)
         try:
-            section = (yaml.safe_load(path.read_text()) or {}).get("handler") or {}
-            return load_settings(InterpretSettings, section)
+            return read_handler_settings(InterpretSettings, path)
         except (OSError, SettingsError) as exc:
             raise SettingsError(f"interpret_config: cannot read interpret's defaults from {path}: {exc}") from None
 

@@ -16,7 +16,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from .lora import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-HYPERPARAMETERS = ("steps", "rank", "learning_rate", "batch_size", "seed")  # TrainConfig's, from the flags
+# TrainConfig's fields that come from the flags as they are; the resolution may come from the weights
+HYPERPARAMETERS = tuple(field.name for field in fields(TrainConfig) if field.name != "resolution")
 DEFAULTS = Path(__file__).with_name("finetune.yaml")
 
 

@@ -1,4 +1,4 @@
-"""How the pipeline finds the server it runs in (its addresses and key file) and its settings.
+"""How the light models find the server they run in (its addresses and key file).
 
 TorchServe workers inherit the frontend's environment: ``scripts/serve.sh`` (and the tests) export
 ``TS_CONFIG_FILE`` and ``TS_KEY_FILE``, so the pipeline calls the same server on whatever ports it
@@ -18,22 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from client import ApiError, Client
-from handlers.common import load_settings
 from handlers.common.envelopes import answer_from, request_for
-from handlers.model_settings import CallerSettings, PipelineSettings
+from handlers.model_settings import CallerSettings
 from handlers.settings import read_properties
 
 from .stages import ModelCaller, client_caller
-
-
-def load_pipeline_settings(model_config: Path) -> PipelineSettings:
-    """The ``handler:`` section of a rendered models/pipeline/model-config.yaml (the workflow's nodes
-    read the copy inside the .war; the model's worker gets the same section from TorchServe)."""
-    section = (yaml.safe_load(model_config.read_text()) or {}).get("handler") or {}
-    return load_settings(PipelineSettings, section)
 
 
 def model_client(settings: CallerSettings) -> Client:

@@ -51,12 +51,11 @@ from handlers.common import (
     require,
 )
 from handlers.common.payload import json_type
-from handlers.model_settings import CONTROL_TYPES, InterpretLimits, InterpretSettings
+from handlers.model_settings import CONTROL_TYPES, INTERPRET_MODES, InterpretLimits, InterpretSettings
 
 from .stages import ModelCaller, Stages
 
 PRIORS = CONTROL_TYPES  # each prior conditions sd's ControlNet of the same name
-MODES = ("each", "combined")
 GENERATION_FIELDS = ("negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler")
 FIELDS = (
     "image",
@@ -124,8 +123,8 @@ def parse_request(payload: dict[str, Any], settings: InterpretSettings) -> Inter
 
 def _mode(payload: dict[str, Any], settings: InterpretSettings) -> str:
     mode = get_str(payload, "mode", default=settings.mode)
-    if mode not in MODES:
-        raise InputError("mode", f"must be one of {list(MODES)}, got {mode!r}")
+    if mode not in INTERPRET_MODES:
+        raise InputError("mode", f"must be one of {list(INTERPRET_MODES)}, got {mode!r}")
     return mode
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from handlers.common import InputError, ServerError, read_payload
 from handlers.common.compat import MIN_WORKFLOW_NODE_SECONDS
 from handlers.model_settings import PipelineSettings
-from workflows.connect import load_pipeline_settings, pipeline_caller
+from handlers.settings import read_handler_settings
+from workflows.connect import pipeline_caller
 from workflows.stages import PipelineRequest, Stages, generate, parse_request
 from workflows.stages import analyze as analyze_stages
 
@@ -34,7 +35,7 @@ _POOL = ThreadPoolExecutor(max_workers=32)
 def _settings() -> PipelineSettings:
     # scripts/archive.sh puts the rendered models/pipeline/model-config.yaml beside this file in the
     # .war: the nodes enforce the same limits as the `pipeline` model, from the same file
-    return load_pipeline_settings(Path(__file__).with_name("model-config.yaml"))
+    return read_handler_settings(PipelineSettings, Path(__file__).with_name("model-config.yaml"))
 
 
 def _batch(data: list[dict[str, Any]] | None, run_one: Callable[[int, dict[str, Any]], str]) -> list[str] | None:

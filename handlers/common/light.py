@@ -16,11 +16,9 @@ from handlers.common.base import Batch, BatchHandler, Result, ServerError
 from handlers.common.errors import InputError
 from handlers.model_settings import CallerSettings
 from workflows.connect import pipeline_caller
-from workflows.stages import ModelCaller
+from workflows.stages import ModelCaller, StageCallback
 
 logger = logging.getLogger(__name__)
-
-StageCallback = Callable[[str, Any], None]
 
 
 class LightModelHandler(BatchHandler):

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from .errors import InputError, LimitError
 
+Payload = Mapping[str, Any]  # one request's JSON object
 _BODY_KEYS = ("body", "data")
 _FLOAT_MAX = sys.float_info.max
 
@@ -103,12 +104,11 @@ def require(payload: Payload, key: str) -> Any:
 
 # the type of a getter's ``default``: with a default of the value's type, the getter never returns None
 StrDefault = TypeVar("StrDefault", str, None)
-Payload = Mapping[str, Any]  # one request's JSON object
+IntDefault = TypeVar("IntDefault", int, None)
+FloatDefault = TypeVar("FloatDefault", float, None)
 # A getter's default when the caller gives none: None, typed Any so that it fits each getter's
 # TypeVar (mypy refuses a plain None default for a TypeVar constrained to int or None)
 ABSENT: Any = None
-IntDefault = TypeVar("IntDefault", int, None)
-FloatDefault = TypeVar("FloatDefault", float, None)
 
 
 def get_str(
